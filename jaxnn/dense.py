@@ -1,0 +1,196 @@
+"""Forward propagation of an N-layer dense network, in the notes' three forms.
+
+Parameters are a list of N layers, layer l (l = 1..N, list index l-1) being
+``{"W": (n_l, n_{l-1}), "b": (n_l,)}``, the notes' shapes. For one example, a^[0] = x and
+
+    z^[l] = W^[l] a^[l-1] + b^[l]        (1)
+    a^[l] = g^[l](z^[l])                 (2)
+
+with one hidden activation g^[1] = ... = g^[N-1] and an output g^[N] (identity for
+regression, sigmoid for binary, softmax for multiclass classification). Erratum: the
+notes write the output layer of their two-layer example as z^[2] = W^[2] x + b^[2];
+it takes the hidden activations, z^[2] = W^[2] a^[1] + b^[2], as (1) says.
+
+(a) ``forward``: one example, x of shape (n_0,), as the equations read.
+(b) ``forward_batch``: ``jax.vmap`` of (a); X of shape (m, n_0), the batch API.
+(c) ``forward_matrix``: the notes' vectorised form Z^[l] = W^[l] A^[l-1] + b^[l] with
+    examples as columns, A^[0] = X of shape (n_0, m).
+
+The dtype follows the inputs: params and x must share one floating dtype.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxnn import activations, initializers
+
+Params = list[dict[str, jax.Array]]
+
+
+def init(
+    key: jax.Array,
+    sizes: Sequence[int],
+    method: str = "he",
+    dtype=jnp.float32,
+    **kwargs,
+) -> Params:
+    """Parameters of a dense network with layer sizes (n_0, n_1, ..., n_N).
+
+    W^[l] of shape (n_l, n_{l-1}) is drawn by the initialiser ``method`` ("zeros",
+    "normal", "xavier_normal", "xavier_uniform", "he"; ``kwargs`` go to it, e.g.
+    ``sigma`` for "normal"); b^[l] of shape (n_l,) starts at 0, a column vector as the
+    notes' z = Wx + b needs (erratum: not a stack of transposed rows).
+    """
+    initializers.check_key(key)
+    initialize = initializers.get(method)
+    sizes = check_sizes(sizes)
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [
+        {
+            "W": initialize(k, (n_out, n_in), dtype, **kwargs),
+            "b": jnp.zeros((n_out,), dtype),
+        }
+        for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
+    ]
+
+
+def check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
+    """Layer sizes as a tuple of at least two positive ints, else ValueError."""
+    sizes = tuple(sizes)
+    if len(sizes) < 2 or not all(isinstance(n, int) and n > 0 for n in sizes):
+        raise ValueError(
+            f"sizes must be at least two positive ints (n_0, ..., n_N), got {sizes}"
+        )
+    return sizes
+
+
+def check_params(params: Params, n_0: int | None = None) -> None:
+    """Raise ValueError/TypeError unless params is a consistent dense network.
+
+    Checks that each layer is {"W": (n_l, n_{l-1}), "b": (n_l,)}, that consecutive
+    layers fit together, that every leaf has one floating dtype, and (if given) that
+    the first layer takes inputs of size n_0.
+    """
+    if not isinstance(params, (list, tuple)) or not params:
+        raise TypeError(f"params must be a non-empty list of layers, got {type(params)}")
+    dtype = None
+    for l, layer in enumerate(params, start=1):
+        if not isinstance(layer, dict) or set(layer) != {"W", "b"}:
+            raise ValueError(f"layer {l} must be a dict with keys 'W' and 'b', got {layer!r}")
+        W, b = layer["W"], layer["b"]
+        if jnp.ndim(W) != 2 or jnp.shape(b) != (jnp.shape(W)[0],):
+            raise ValueError(
+                f"layer {l}: expected W of shape (n_l, n_l-1) and b of shape (n_l,), "
+                f"got W {jnp.shape(W)} and b {jnp.shape(b)}"
+            )
+        if l > 1 and jnp.shape(W)[1] != jnp.shape(params[l - 2]["W"])[0]:
+            raise ValueError(
+                f"layer {l}: W takes {jnp.shape(W)[1]} inputs but layer {l - 1} "
+                f"has {jnp.shape(params[l - 2]['W'])[0]} units"
+            )
+        for leaf in (W, b):
+            leaf_dtype = jnp.result_type(leaf)
+            if not jnp.issubdtype(leaf_dtype, jnp.floating):
+                raise TypeError(f"layer {l}: parameters must be floating, got {leaf_dtype}")
+            if dtype is not None and leaf_dtype != dtype:
+                raise TypeError(f"layer {l}: mixed parameter dtypes {dtype} and {leaf_dtype}")
+            dtype = leaf_dtype
+    if n_0 is not None and jnp.shape(params[0]["W"])[1] != n_0:
+        raise ValueError(
+            f"the first layer expects inputs of size {jnp.shape(params[0]['W'])[1]}, "
+            f"got size {n_0}"
+        )
+
+
+def check_input(params: Params, X: ArrayLike, batch: bool = True) -> None:
+    """Raise unless X is (m, n_0) (or (n_0,) with batch=False) in the params' dtype."""
+    expected = "(m, n_0)" if batch else "(n_0,)"
+    if jnp.ndim(X) != (2 if batch else 1):
+        raise ValueError(f"expected input of shape {expected}, got shape {jnp.shape(X)}")
+    check_params(params, jnp.shape(X)[-1])
+    x_dtype, p_dtype = jnp.result_type(X), jnp.result_type(params[0]["W"])
+    if x_dtype != p_dtype:
+        raise TypeError(
+            f"input dtype {x_dtype} differs from parameter dtype {p_dtype}; "
+            "cast one to the other (no silent promotion)"
+        )
+
+
+def layer(W: jax.Array, b: jax.Array, a_prev: jax.Array) -> jax.Array:
+    """z^[l] = W^[l] a^[l-1] + b^[l]. W: (n_l, n_{l-1}); a_prev: (n_{l-1},). Returns (n_l,)."""
+    return W @ a_prev + b
+
+
+def forward_cache(
+    params: Params, x: ArrayLike, hidden: str, output: str
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """Forward pass for one example keeping what backprop needs.
+
+    x: shape (n_0,). Returns (zs, a_s): zs[l-1] = z^[l] of shape (n_l,) for l = 1..N,
+    a_s[l] = a^[l] for l = 0..N (a_s[0] = x, a_s[N] = ŷ).
+    """
+    g, g_out = activations.get(hidden).g, activations.get(output).g
+    a = jnp.asarray(x)
+    zs, a_s = [], [a]
+    for l, p in enumerate(params, start=1):
+        z = layer(p["W"], p["b"], a)
+        a = g_out(z) if l == len(params) else g(z)
+        zs.append(z)
+        a_s.append(a)
+    return zs, a_s
+
+
+def logits(params: Params, x: ArrayLike, hidden: str) -> jax.Array:
+    """z^[N] for one example x of shape (n_0,); the input to the stable losses."""
+    g = activations.get(hidden).g
+    a = jnp.asarray(x)
+    for p in params[:-1]:
+        a = g(layer(p["W"], p["b"], a))
+    return layer(params[-1]["W"], params[-1]["b"], a)
+
+
+def forward(params: Params, x: ArrayLike, hidden: str = "relu", output: str = "identity"):
+    """(a) ŷ = a^[N] for one example x of shape (n_0,). Returns shape (n_N,)."""
+    return activations.get(output).g(logits(params, x, hidden))
+
+
+def forward_batch(
+    params: Params, X: ArrayLike, hidden: str = "relu", output: str = "identity"
+) -> jax.Array:
+    """(b) ``jax.vmap`` of ``forward`` over examples. X: (m, n_0). Returns (m, n_N)."""
+    return jax.vmap(forward, in_axes=(None, 0, None, None))(params, X, hidden, output)
+
+
+def forward_matrix_cache(
+    params: Params, X: ArrayLike, hidden: str, output: str
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """(c) Z^[l] = W^[l] A^[l-1] + b^[l], A^[l] = g^[l](Z^[l]), examples as columns.
+
+    X: A^[0] of shape (n_0, m). Returns (Zs, As) as ``forward_cache`` does, each
+    Z^[l], A^[l] of shape (n_l, m). b^[l] is added to every column (b[:, None]).
+    The softmax output normalises each column (axis 0).
+    """
+    g = activations.get(hidden).g
+    A = jnp.asarray(X)
+    Zs, As = [], [A]
+    for l, p in enumerate(params, start=1):
+        Z = p["W"] @ A + p["b"][:, None]
+        if l < len(params):
+            A = g(Z)
+        elif output == "softmax":
+            A = activations.softmax(Z, axis=0)
+        else:
+            A = activations.get(output).g(Z)
+        Zs.append(Z)
+        As.append(A)
+    return Zs, As
+
+
+def forward_matrix(
+    params: Params, X: ArrayLike, hidden: str = "relu", output: str = "identity"
+) -> jax.Array:
+    """(c) A^[N] from the matrix form. X: (n_0, m) (examples as columns). Returns (n_N, m)."""
+    return forward_matrix_cache(params, X, hidden, output)[1][-1]

@@ -1,0 +1,99 @@
+"""A model: static configuration kept apart from its parameter pytree.
+
+Every model (``DenseNetwork`` here, ``jaxnn.cnn.CNN``) is a frozen, hashable dataclass,
+so it can be a static argument of ``jax.jit``, and offers the same methods:
+
+    init(key, method, dtype)        -> params (a pytree of arrays, nothing else)
+    logits(params, X)               -> Z^[N], (m, k)
+    predict(params, X)              -> Ŷ = g^[N](Z^[N]), (m, k)
+    loss(params, X, Y)              -> mean loss over the m examples (stable form);
+                                       ``jax.grad`` of this is the autodiff gradient
+    manual_grad(params, X, Y)       -> (mean loss, gradient) by the hand-written δ recursion
+    accuracy(params, X, Y)          -> fraction right, or None for regression
+    check(params, X, Y)             -> raises ValueError/TypeError on inconsistent input
+
+``jaxnn.sgd`` and ``jaxnn.gradcheck`` take any such model.
+"""
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxnn import activations, backprop, dense, losses
+
+
+@dataclass(frozen=True)
+class DenseNetwork:
+    """An N-layer dense network: sizes (n_0, ..., n_N), one hidden g, an output g^[N], a loss.
+
+    Valid (output, loss) pairs: identity/sigmoid/softmax + squared_error,
+    sigmoid + logistic, softmax + softmax (integer labels), softmax + cross_entropy
+    (probability targets). ``grad_form`` picks the manual batch gradient: "matrix"
+    (Δ A^T / m, the notes' vectorised form) or "vmap" (per-example recursion, vmapped).
+    """
+
+    sizes: tuple[int, ...]
+    hidden: str = "relu"
+    output: str = "identity"
+    loss_name: str = "squared_error"
+    grad_form: str = "matrix"
+
+    def __post_init__(self):
+        object.__setattr__(self, "sizes", dense.check_sizes(self.sizes))
+        if self.hidden not in activations.HIDDEN:
+            raise ValueError(
+                f"hidden activation must be one of {activations.HIDDEN}, got {self.hidden!r}"
+            )
+        losses.check_pair(self.output, self.loss_name)
+        if self.grad_form not in ("matrix", "vmap"):
+            raise ValueError(f"grad_form must be 'matrix' or 'vmap', got {self.grad_form!r}")
+
+    def init(self, key: jax.Array, method: str = "he", dtype=jnp.float32, **kwargs):
+        """Parameters for this network (see ``dense.init``)."""
+        return dense.init(key, self.sizes, method, dtype, **kwargs)
+
+    def logits(self, params, X: ArrayLike) -> jax.Array:
+        """Z^[N] of every example. X: (m, n_0). Returns (m, n_N)."""
+        return jax.vmap(dense.logits, in_axes=(None, 0, None))(params, X, self.hidden)
+
+    def predict(self, params, X: ArrayLike) -> jax.Array:
+        """Ŷ = a^[N] of every example. X: (m, n_0). Returns (m, n_N)."""
+        return dense.forward_batch(params, X, self.hidden, self.output)
+
+    def loss(self, params, X: ArrayLike, Y: ArrayLike) -> jax.Array:
+        """(1/m) Σ_i L(ŷ^(i), y^(i)) from the logits (log-sum-exp / log-sigmoid forms)."""
+        Z = self.logits(params, X)
+        per_example = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))
+        return jnp.mean(per_example(self.output, self.loss_name, Z, Y))
+
+    def manual_grad(self, params, X: ArrayLike, Y: ArrayLike):
+        """(mean loss, ∂loss/∂params) by the hand-written δ recursion; no autodiff."""
+        form = backprop.grad_matrix if self.grad_form == "matrix" else backprop.grad_vmap
+        return form(params, X, Y, self.hidden, self.output, self.loss_name)
+
+    def accuracy(self, params, X: ArrayLike, Y: ArrayLike):
+        """Fraction of examples classified right; None for a regression loss."""
+        return losses.accuracy(self.loss_name, self.logits(params, X), Y)
+
+    def check(self, params, X: ArrayLike, Y: ArrayLike | None = None) -> None:
+        """Raise ValueError/TypeError unless params, X (m, n_0) and Y fit this network."""
+        dense.check_input(params, X)
+        n_N = jnp.shape(params[-1]["W"])[0]
+        sizes = (jnp.shape(params[0]["W"])[1],) + tuple(jnp.shape(p["W"])[0] for p in params)
+        if sizes != self.sizes:
+            raise ValueError(f"params have layer sizes {sizes}, the network {self.sizes}")
+        if Y is not None:
+            losses.check_targets(self.loss_name, (jnp.shape(X)[0], n_N), Y)
+
+    def kink_pattern(self, params, X: ArrayLike):
+        """Where the loss is not smooth in params: the sign of every ReLU's z^[l] (l < N).
+
+        Finite differences whose two evaluations see different patterns crossed a kink.
+        Empty for smooth hidden activations.
+        """
+        if self.hidden != "relu":
+            return ()
+        Zs, _ = dense.forward_matrix_cache(params, jnp.asarray(X).T, self.hidden, self.output)
+        return tuple(Z > 0 for Z in Zs[:-1])

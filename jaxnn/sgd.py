@@ -1,0 +1,207 @@
+"""Gradient descent, written out: W^[l] <- W^[l] - α ∂L/∂W^[l], b^[l] <- b^[l] - α ∂L/∂b^[l].
+
+The step is one ``jax.jit``-compiled function of (params, optimiser state, minibatch):
+forward, gradient (hand-written δ recursion or ``jax.grad``, chosen statically by
+``source``) and update. One epoch is a ``lax.scan`` of that step over the minibatches
+of a fresh random permutation, so Python dispatches once per epoch, not once per step.
+Any optax optimiser can replace the explicit update.
+
+Minibatches: each epoch draws a permutation of the m examples and cuts it into
+floor(m / batch_size) batches of batch_size; the m mod batch_size examples left at the
+end of that permutation sit out that epoch (a different few each epoch).
+
+A non-finite loss or gradient is detected inside the scan without a host sync per
+step: from that step on the update is skipped, so the parameters stay the last finite
+ones, and at the end of the epoch ``train`` raises ``NonFiniteError`` naming the
+epoch and step.
+"""
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+SOURCES = ("manual", "autodiff")
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient became NaN or infinite; ``params`` are the last finite ones."""
+
+    def __init__(self, message: str, *, epoch: int, step: int, params, opt_state, history):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+        self.params, self.opt_state, self.history = params, opt_state, history
+
+
+def update(params, grads, alpha):
+    """The explicit gradient-descent update θ <- θ - α ∂L/∂θ on every leaf."""
+    return jax.tree.map(lambda p, g: p - alpha * g, params, grads)
+
+
+def gradient(model, source: str) -> Callable:
+    """(params, X, Y) -> (mean loss, gradient) from the hand-written or the autodiff path.
+
+    "manual" is ``model.manual_grad`` (the δ recursion); "autodiff" is
+    ``jax.value_and_grad(model.loss)``, which never touches the hand-written backward.
+    """
+    if source == "manual":
+        return model.manual_grad
+    if source == "autodiff":
+        return jax.value_and_grad(model.loss)
+    raise ValueError(f"gradient source must be one of {SOURCES}, got {source!r}")
+
+
+def _step(params, opt_state, X, Y, alpha, model, source, optimizer):
+    loss, grads = gradient(model, source)(params, X, Y)
+    if optimizer is None:
+        return update(params, grads, alpha), opt_state, loss, grads
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, grads
+
+
+def _donate() -> tuple[str, ...]:
+    return () if jax.default_backend() == "cpu" else ("params", "opt_state")
+
+
+def make_step(model, source: str = "manual", optimizer: optax.GradientTransformation | None = None):
+    """A jitted training step ``step(params, opt_state, X, Y, alpha) -> (params, opt_state, loss)``.
+
+    With ``optimizer=None`` the update is the explicit θ - α g (opt_state is ``()``);
+    otherwise the optax optimiser's (alpha then unused). Old params and state are
+    donated on backends that support donation (not the CPU).
+    """
+    gradient(model, source)
+
+    def step(params, opt_state, X, Y, alpha):
+        params, opt_state, loss, _ = _step(params, opt_state, X, Y, alpha, model, source,
+                                           optimizer)
+        return params, opt_state, loss
+
+    return jax.jit(step, donate_argnames=_donate())
+
+
+def init_state(params, optimizer: optax.GradientTransformation | None):
+    """Optimiser state: ``()`` for the explicit update, ``optimizer.init(params)`` otherwise."""
+    return () if optimizer is None else optimizer.init(params)
+
+
+def batch_indices(key: jax.Array, m: int, batch_size: int) -> jax.Array:
+    """Indices of floor(m / batch_size) shuffled minibatches, shape (n_batches, batch_size)."""
+    n_batches = m // batch_size
+    return jax.random.permutation(key, m)[: n_batches * batch_size].reshape(n_batches, -1)
+
+
+def all_finite(*trees) -> jax.Array:
+    """True when every element of every leaf is finite."""
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
+
+
+def _epoch(params, opt_state, X, Y, key, alpha, model, source, optimizer, batch_size):
+    batches = batch_indices(key, X.shape[0], batch_size)
+
+    def body(carry, step_and_idx):
+        params, opt_state, bad = carry
+        step, idx = step_and_idx
+        new_params, new_state, loss, grads = _step(
+            params, opt_state, X[idx], Y[idx], alpha, model, source, optimizer)
+        ok = (bad < 0) & all_finite(loss, grads)
+        keep = functools.partial(jnp.where, ok)
+        params = jax.tree.map(keep, new_params, params)
+        opt_state = jax.tree.map(keep, new_state, opt_state)
+        bad = jnp.where((bad < 0) & ~ok, step, bad)
+        return (params, opt_state, bad), loss
+
+    steps = jnp.arange(batches.shape[0], dtype=jnp.int32)
+    (params, opt_state, bad), losses = jax.lax.scan(
+        body, (params, opt_state, jnp.int32(-1)), (steps, batches))
+    return params, opt_state, losses, bad
+
+
+_STATIC = ("model", "source", "optimizer", "batch_size")
+epoch_cpu = jax.jit(_epoch, static_argnames=_STATIC)
+epoch_donating = jax.jit(_epoch, static_argnames=_STATIC, donate_argnames=("params", "opt_state"))
+
+
+def run_epoch(params, opt_state, X, Y, key, alpha, *, model, source, optimizer, batch_size):
+    """One epoch as one compiled ``lax.scan``.
+
+    Returns (params, opt_state, losses of shape (n_batches,), first bad step or -1).
+    Compiled once per (model, source, optimizer, batch_size, shapes, dtypes).
+    """
+    fn = epoch_cpu if not _donate() else epoch_donating
+    return fn(params, opt_state, X, Y, key, alpha, model=model, source=source,
+              optimizer=optimizer, batch_size=batch_size)
+
+
+def check_config(alpha, epochs: int, batch_size: int, m: int, source: str) -> None:
+    """Raise ValueError/TypeError for a bad learning rate, epoch count, batch size or source."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"learning rate alpha must be a number, got {type(alpha).__name__}")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"learning rate alpha must be finite and > 0, got {alpha}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= m:
+        raise ValueError(f"batch_size must be an int in [1, m={m}], got {batch_size!r}")
+    if source not in SOURCES:
+        raise ValueError(f"gradient source must be one of {SOURCES}, got {source!r}")
+
+
+def train(
+    model,
+    params,
+    X,
+    Y,
+    *,
+    key: jax.Array,
+    alpha: float = 0.1,
+    epochs: int = 10,
+    batch_size: int = 32,
+    source: str = "manual",
+    optimizer: optax.GradientTransformation | None = None,
+    opt_state: Any = None,
+    on_epoch: Callable | None = None,
+) -> tuple[Any, dict]:
+    """Minibatch training for ``epochs`` epochs.
+
+    Args:
+      model: a model (``jaxnn.model.DenseNetwork``, ``jaxnn.cnn.CNN``).
+      params: its parameters; X: (m, ...) inputs; Y: (m, k) targets or (m,) labels.
+      key: PRNG key for the per-epoch shuffles (epoch e uses fold_in(key, e)).
+      alpha: learning rate of the explicit update (ignored when ``optimizer`` is given).
+      source: "manual" (δ recursion) or "autodiff" (jax.grad).
+      optimizer: an optax optimiser instead of the explicit update.
+      on_epoch: called as on_epoch(epoch, params, opt_state, history) after each epoch.
+    Returns:
+      (params, history) with history {"loss": mean minibatch loss per epoch,
+      "accuracy": training accuracy after each epoch (None for regression)}.
+    Raises:
+      NonFiniteError when a loss or gradient stops being finite.
+    """
+    model.check(params, X, Y)
+    check_config(alpha, epochs, batch_size, int(X.shape[0]), source)
+    if opt_state is None:
+        opt_state = init_state(params, optimizer)
+    history: dict[str, list] = {"loss": [], "accuracy": []}
+    accuracy = jax.jit(model.accuracy)
+    alpha = jnp.asarray(alpha, jax.tree.leaves(params)[0].dtype)
+    for e in range(epochs):
+        params, opt_state, losses, bad = run_epoch(
+            params, opt_state, X, Y, jax.random.fold_in(key, e), alpha, model=model,
+            source=source, optimizer=optimizer, batch_size=batch_size)
+        bad = int(bad)
+        if bad >= 0:
+            raise NonFiniteError(
+                f"non-finite loss or gradient at epoch {e}, step {bad} of that epoch "
+                f"(loss there: {float(losses[bad])}); params are the last finite ones",
+                epoch=e, step=bad, params=params, opt_state=opt_state, history=history)
+        history["loss"].append(float(jnp.mean(losses)))
+        acc = accuracy(params, X, Y)
+        history["accuracy"].append(None if acc is None else float(acc))
+        if on_epoch is not None:
+            on_epoch(e, params, opt_state, history)
+    return params, history

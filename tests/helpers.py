@@ -1,0 +1,38 @@
+"""Shared test fixtures: small networks and matching random data for every output/loss pair."""
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn import DenseNetwork
+
+PAIRS = [
+    ("identity", "squared_error"),
+    ("sigmoid", "logistic"),
+    ("softmax", "softmax"),
+    ("softmax", "cross_entropy"),
+    ("sigmoid", "squared_error"),
+    ("softmax", "squared_error"),
+]
+
+
+def targets(key, output: str, loss: str, m: int, k: int, dtype):
+    """Targets of the right kind for an (output, loss) pair: labels, probabilities or reals."""
+    if loss == "softmax":
+        return jax.random.randint(key, (m,), 0, k)
+    if output == "softmax":
+        return jax.nn.softmax(jax.random.normal(key, (m, k), dtype))
+    if output == "sigmoid":
+        return (jax.random.uniform(key, (m, k)) > 0.5).astype(dtype)
+    return jax.random.normal(key, (m, k), dtype)
+
+
+def problem(hidden, output, loss, depth, dtype=jnp.float64, m=6, n_0=4, width=5, seed=0):
+    """(net, params, X, Y) with ``depth`` layers (depth - 1 hidden layers of ``width``)."""
+    k = 3 if output == "softmax" else 2
+    net = DenseNetwork((n_0,) + (width,) * (depth - 1) + (k,), hidden, output, loss)
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    params = net.init(k1, "xavier_normal", dtype)
+    params = [{"W": p["W"], "b": 0.1 * jax.random.normal(k, p["b"].shape, dtype)}
+              for p, k in zip(params, jax.random.split(k3, len(params)), strict=True)]
+    X = jax.random.normal(k2, (m, n_0), dtype)
+    return net, params, X, targets(k3, output, loss, m, k, dtype)

@@ -1,0 +1,114 @@
+"""Manual δ recursion vs jax.grad vs finite differences, every hidden x output/loss x depth."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn import DenseNetwork, backprop, gradcheck
+
+from .helpers import PAIRS, problem
+
+# float32: the forward pass rounds at about eps = 1.2e-7 per operation and the two
+# gradients accumulate their sums in different orders; 1e-4 relative leaves room for
+# depth-5 products of a few dozen terms, with float64 as the tight reference.
+TOL = {jnp.float64: 1e-8, jnp.float32: 1e-4}
+
+
+@pytest.mark.parametrize("hidden", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("output, loss", PAIRS)
+@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+def test_manual_equals_autodiff_float64(hidden, output, loss, depth):
+    net, params, X, Y = problem(hidden, output, loss, depth, jnp.float64)
+    report = gradcheck.check(net, params, X, Y, fd=False)
+    # element-wise with no floor: an entry that is a sum of much larger terms of both
+    # signs keeps fewer digits (1.5e-12 seen at depth 5); typical entries agree to 1e-15
+    assert report.max() < 1e-10, report.table()
+
+
+@pytest.mark.parametrize("hidden", ["relu", "tanh"])
+@pytest.mark.parametrize("output, loss", PAIRS)
+def test_manual_equals_autodiff_float32(hidden, output, loss):
+    net, params, X, Y = problem(hidden, output, loss, 4, jnp.float32)
+    with jax.default_matmul_precision("highest"):
+        report = gradcheck.check(net, params, X, Y, fd=False)
+    assert report.max() < TOL[jnp.float32], report.table()
+
+
+@pytest.mark.parametrize("hidden", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("output, loss", PAIRS)
+@pytest.mark.parametrize("depth", [1, 3])
+def test_finite_differences_float64(hidden, output, loss, depth):
+    net, params, X, Y = problem(hidden, output, loss, depth, jnp.float64)
+    report = gradcheck.check(net, params, X, Y)
+    # central differences with h = 1e-5 are accurate to ~1e-11 absolute; fd_floor = 1e-5
+    # (see gradcheck.check) turns that into the relative bound below
+    assert report.max("fd_vs_autodiff") < 1e-6, report.table()
+    assert report.max("fd_vs_manual") < 1e-6, report.table()
+    assert sum(report.checked.values()) == sum(p.size for p in jax.tree.leaves(params))
+
+
+def test_one_neuron_relu_gradient_by_hand():
+    """f(x) = max(ax + b, 0) with squared error: dL/da = (f - y) x 1[ax + b > 0]."""
+    net = DenseNetwork((1, 1), "relu", "identity", "squared_error")
+    a, b = 2.0, -1.0
+    X = jnp.array([[0.25], [1.0], [3.0]], jnp.float64)
+    Y = jnp.array([[0.0], [2.0], [4.0]], jnp.float64)
+    # one layer: the output is the identity; put the ReLU in a 2-layer net with fixed output
+    params = [{"W": jnp.array([[a]]), "b": jnp.array([b])},
+              {"W": jnp.array([[1.0]]), "b": jnp.array([0.0])}]
+    net = DenseNetwork((1, 1, 1), "relu", "identity", "squared_error")
+    loss, grads = net.manual_grad(params, X, Y)
+    x, y = np.array([0.25, 1.0, 3.0]), np.array([0.0, 2.0, 4.0])
+    z = a * x + b
+    f = np.maximum(z, 0)
+    on = (z > 0).astype(float)
+    np.testing.assert_allclose(loss, np.mean(0.5 * (f - y) ** 2))
+    np.testing.assert_allclose(grads[0]["W"][0, 0], np.mean((f - y) * on * x))
+    np.testing.assert_allclose(grads[0]["b"][0], np.mean((f - y) * on))
+    auto = jax.grad(net.loss)(params, X, Y)
+    np.testing.assert_allclose(grads[0]["W"], auto[0]["W"], rtol=1e-14)
+
+
+@pytest.mark.parametrize("output, loss", PAIRS)
+def test_vmap_and_matrix_forms_agree(output, loss):
+    net, params, X, Y = problem("tanh", output, loss, 3)
+    l1, g1 = backprop.grad_vmap(params, X, Y, "tanh", output, loss)
+    l2, g2 = backprop.grad_matrix(params, X, Y, "tanh", output, loss)
+    np.testing.assert_allclose(l1, l2, rtol=1e-14)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_delta_0_is_gradient_wrt_input():
+    net, params, X, Y = problem("sigmoid", "softmax", "softmax", 3)
+    x, y = X[0], Y[0]
+    from jaxnn import dense, losses
+    zs, a_s = dense.forward_cache(params, x, "sigmoid", "softmax")
+    delta_N = losses.delta_output("softmax", "softmax", zs[-1], y)
+    _, delta_0 = backprop.backward(params, zs, a_s, delta_N, jax.nn.sigmoid)
+    del delta_0
+    from jaxnn.activations import sigmoid_prime
+    _, delta_0 = backprop.backward(params, zs, a_s, delta_N, sigmoid_prime)
+    auto = jax.grad(lambda x: losses.output_loss(
+        "softmax", "softmax", dense.logits(params, x, "sigmoid"), y))(x)
+    np.testing.assert_allclose(delta_0, auto, rtol=1e-12)
+
+
+def test_kinks_detected_not_counted():
+    """A ReLU net with a pre-activation within h of 0: that coordinate is reported apart."""
+    net = DenseNetwork((1, 1, 1), "relu", "identity", "squared_error")
+    params = [{"W": jnp.array([[1.0]]), "b": jnp.array([-1.0 + 3e-6])},
+              {"W": jnp.array([[1.0]]), "b": jnp.array([0.0])}]
+    X = jnp.array([[1.0]], jnp.float64)
+    Y = jnp.array([[5.0]], jnp.float64)
+    report = gradcheck.check(net, params, X, Y)
+    assert report.kinks["[0]['W']"] == 1 and report.kinks["[0]['b']"] == 1
+    # the kink-free coordinates have gradients near 1e-5 and L = 12.5, so rounding
+    # (eps L / h ~ 3e-10) alone is ~2e-5 of them
+    assert report.max("fd_vs_autodiff") < 1e-4
+    # without kink detection the same quotient is off by about half the jump
+    _, fd, kinks = gradcheck.finite_differences(
+        lambda p: net.loss(p, X, Y), params, pattern_fn=lambda p: net.kink_pattern(p, X))
+    auto = jax.flatten_util.ravel_pytree(jax.grad(net.loss)(params, X, Y))[0]
+    assert kinks[0] and abs(fd[0] - auto[0]) > 0.1
