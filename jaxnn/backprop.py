@@ -10,6 +10,10 @@ With δ^[l] = ∇_{z^[l]} L:
 
 Gradient descent then *minimises* L (erratum: the notes say the goal is to maximise).
 
+Convolutional networks (``cnn_grad``) run the same recursion through their dense part,
+then carry ∂L/∂a^[0] back through flatten, pooling, g and each convolution with the
+hand-written layer backward passes of ``jaxnn.conv``.
+
 Nothing here calls jax.grad, jax.vjp or jax.jvp: these are the gradients that
 ``gradcheck`` compares against autodiff and finite differences.
 """
@@ -20,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxnn import activations, dense, losses
+from jaxnn import activations, conv, dense, losses
 
 Params = dense.Params
 
@@ -122,3 +126,45 @@ def grad_matrix(
     grads, _ = backward_matrix(params, Zs, As, Delta_N.T, activations.get(hidden).g_prime)
     per_loss = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))(output, loss, Z_N, Y)
     return jnp.mean(per_loss), grads
+
+
+def cnn_grad(model, params, X: ArrayLike, Y: ArrayLike) -> tuple[jax.Array, dict]:
+    """(mean loss, gradient) of a ``jaxnn.cnn.CNN`` by the hand-written backward pass.
+
+    The dense part uses ``backward_matrix`` (the δ recursion above); its Δ^[0], the
+    gradient with respect to the flattened features, goes back through
+
+        flatten:  reshape to the feature map's shape
+        pooling:  max -> to the first argmax of each window; average -> spread evenly
+        g:        δ_z = δ_a ∘ g'(z)
+        conv:     ∂L/∂θ = x̃ ⋆ δ_z,  ∂L/∂b = Σ δ_z,  ∂L/∂x = δ_z ⋆_full flip(θ)
+
+    X: (m, H, W, C); Y: (m, n_N) or (m,) labels. Conv gradients from ``jaxnn.conv`` are
+    sums over the batch and are divided by m here, matching the mean loss.
+    """
+    g_prime = activations.get(model.hidden).g_prime
+    a, cache = model.features(params, X, keep=True)
+    m = a.shape[0]
+    Zs, As = dense.forward_matrix_cache(params["dense"], conv.flatten(a).T, model.hidden,
+                                        model.output)
+    Z_N = Zs[-1].T
+    Delta_N = jax.vmap(losses.delta_output, in_axes=(None, None, 0, 0))(
+        model.output, model.loss_name, Z_N, Y)
+    dense_grads, Delta_0 = backward_matrix(params["dense"], Zs, As, Delta_N.T, g_prime)
+    delta = conv.flatten_backward(a.shape, Delta_0.T)
+    conv_grads = []
+    conv_params = iter(reversed(params["conv"]))
+    for spec, (a_in, z) in zip(reversed(model.layers), reversed(cache), strict=True):
+        if spec.kind == "max_pool":
+            delta = conv.max_pool_backward(a_in, delta, spec.window, spec.stride)
+        elif spec.kind == "avg_pool":
+            delta = conv.avg_pool_backward(a_in.shape, delta, spec.window, spec.stride)
+        else:
+            p = next(conv_params)
+            delta_z = delta * g_prime(z)
+            dW, db, delta = conv.conv2d_backward(a_in, p["W"], delta_z, spec.stride,
+                                                 spec.padding, model.conv_method)
+            conv_grads.append({"W": dW / m, "b": db / m})
+    per_loss = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))(
+        model.output, model.loss_name, Z_N, Y)
+    return jnp.mean(per_loss), {"conv": conv_grads[::-1], "dense": dense_grads}
