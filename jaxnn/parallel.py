@@ -1,0 +1,542 @@
+"""Data-parallel training over many devices and many hosts, with ``jax.sharding``.
+
+One mesh axis, ``"data"``, runs over every device of every process. Each minibatch of
+B examples is split along its example axis, so each of the D devices holds B / D
+examples (``NamedSharding(mesh, P("data"))``). The parameters, the optimiser state and
+the learning rate are replicated: every device holds all of them (``P()``).
+
+The training step is ``sgd._step`` (forward, manual or autodiff gradient, explicit
+update ``sgd.update`` or an optax one), unchanged, compiled by ``jax.jit`` with these
+input and output shardings. Because the model's loss and gradient are means over the
+batch, (1/B) Σ_i, each device computes its part of the sum and XLA inserts the
+all-reduce that adds the parts: the gradient is the whole batch's, as on one device,
+up to the order of the floating-point additions. Nothing else changes; the update
+runs on every device on identical numbers, so the replicas stay identical.
+
+An epoch is a ``lax.scan`` over minibatches as in ``sgd.run_epoch``. The permutation is
+``sgd.batch_indices(fold_in(key, e), m, B)``, the one ``sgd.train`` draws, so
+``train_parallel`` follows the single-device data order exactly and its parameters
+equal ``sgd.train``'s up to rounding.
+
+The divisibility rule: the batch size B must be a multiple of the size of the
+``"data"`` axis (the number of devices); otherwise ``ValueError``.
+
+Optionally a second axis, ``"model"`` (``make_mesh(model=k)``): weight matrices of at
+least ``min_shard_size`` elements, and their optimiser state, are split by rows over it
+(:func:`param_sharding`), so each of the k devices holds some of a layer's units; the
+compiler adds the all-gathers this needs. Everything else stays replicated.
+
+Many hosts: call :func:`initialize` first in every process (it wraps
+``jax.distributed.initialize``); ``jax.devices()`` then lists every process's devices
+and the same code runs. Each process reads only the rows of each minibatch that its
+own devices hold (:func:`gather`, built on ``jax.make_array_from_process_local_data``)
+and every process runs the same program (SPMD).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxnn import sgd
+
+DATA = "data"
+MODEL = "model"
+
+__all__ = [
+    "DATA",
+    "MODEL",
+    "assert_same_everywhere",
+    "check_batch_size",
+    "exit_on_error",
+    "gather",
+    "initialize",
+    "is_main_process",
+    "local_copy",
+    "local_positions",
+    "make_mesh",
+    "make_step",
+    "param_sharding",
+    "place",
+    "replicate",
+    "replicated",
+    "run_epoch",
+    "sharded",
+    "train_parallel",
+]
+
+
+# ------------------------------------------------------------------------------ mesh
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None, model: int = 1) -> Mesh:
+    """A mesh over ``devices`` (default: ``jax.devices()``, all processes' devices).
+
+    With ``model=1`` (the default) one axis, ``("data",)``, of all D devices. With
+    ``model=k > 1`` two axes, ``("data", "model")`` of sizes (D / k, k): minibatches are
+    split over "data", and :func:`param_sharding` splits large weight matrices over
+    "model". The axis types are ``Auto``: the compiler places the collectives (the
+    gradient's all-reduce) itself.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("a mesh needs at least one device")
+    if isinstance(model, bool) or not isinstance(model, int) or model < 1:
+        raise ValueError(f"model must be an int >= 1, got {model!r}")
+    if len(devices) % model:
+        raise ValueError(f"model={model} does not divide the {len(devices)} devices")
+    if model == 1:
+        return jax.make_mesh((len(devices),), (DATA,), axis_types=(AxisType.Auto,),
+                             devices=devices)
+    return jax.make_mesh((len(devices) // model, model), (DATA, MODEL),
+                         axis_types=(AxisType.Auto,) * 2, devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array: ``NamedSharding(mesh, P())``."""
+    return NamedSharding(mesh, P())
+
+
+def sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Split along array axis ``axis`` over the ``"data"`` devices (``P("data")`` for
+    axis 0, ``P(None, "data")`` for axis 1: a stack of minibatches)."""
+    return NamedSharding(mesh, P(*([None] * axis), DATA))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    """Raise ValueError unless ``batch_size`` is a multiple of the ``"data"`` axis size."""
+    D = mesh.shape[DATA]
+    if batch_size % D:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by the {D} devices of the "
+            f"'{DATA}' mesh axis: each device must get the same number of examples; "
+            f"use a multiple of {D} (e.g. {max(D, batch_size // D * D)})"
+        )
+
+
+# ------------------------------------------------------------- placing arrays on a mesh
+
+
+def param_sharding(tree, mesh: Mesh, min_size: int = 2**16):
+    """Shardings for parameters (or optimiser state): replicated, or rows over "model".
+
+    A 2-D leaf (a weight matrix W^[l], (n_l, n_{l-1}), or its momentum) with at least
+    ``min_size`` elements whose n_l the "model" axis size divides is split by rows,
+    ``P("model", None)``: each "model" device holds some of layer l's units. Every
+    other leaf, and every leaf on a mesh without a "model" axis, is replicated.
+    Returns a pytree of ``NamedSharding`` shaped like ``tree``.
+    """
+    k = mesh.shape.get(MODEL, 1)
+
+    def one(x):
+        shape = np.shape(x)
+        if k > 1 and len(shape) == 2 and np.prod(shape) >= min_size and shape[0] % k == 0:
+            return NamedSharding(mesh, P(MODEL, None))
+        return replicated(mesh)
+
+    return jax.tree.map(one, tree)
+
+
+def place(tree, shardings):
+    """Put each leaf of ``tree`` on the mesh with its sharding (a pytree like ``tree``,
+    or one sharding for all).
+
+    Leaves are host or device arrays with the same values in every process (e.g.
+    parameters from the same ``init`` key); each device takes its part. Works with
+    one process or many.
+    """
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+
+    def one(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(sharding, x, x.shape)
+
+    return jax.tree.map(one, tree, shardings)
+
+
+def replicate(tree, mesh: Mesh):
+    """Put every leaf of ``tree`` on every device of ``mesh`` (sharding ``P()``)."""
+    return place(tree, replicated(mesh))
+
+
+def local_copy(tree):
+    """Arrays on the mesh as whole arrays on one device of this process.
+
+    For work that needs no other device: evaluating with the trained parameters,
+    saving them, comparing them. A leaf split over devices of other processes is
+    all-gathered, so with many processes every process must call this together.
+    """
+    def one(x):
+        if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
+            return x
+        if x.is_fully_replicated:
+            return x.addressable_data(0)
+        if x.is_fully_addressable:
+            return jax.device_put(x, x.addressable_shards[0].device)
+        from jax.experimental import multihost_utils
+
+        return jax.device_put(multihost_utils.process_allgather(x, tiled=True),
+                              x.addressable_shards[0].device)
+
+    return jax.tree.map(one, tree)
+
+
+def local_positions(sharding: NamedSharding, global_shape: tuple[int, ...],
+                    axis: int) -> np.ndarray:
+    """Positions along ``axis`` of the global array that this process's devices hold.
+
+    In the order ``jax.make_array_from_process_local_data`` expects them in the local
+    array: the addressable shards sorted by their start, each shard's positions in
+    order. With one process: ``arange(global_shape[axis])``.
+    """
+    starts, size = set(), None
+    for index in sharding.addressable_devices_indices_map(global_shape).values():
+        s = index[axis]
+        start = s.start or 0
+        stop = global_shape[axis] if s.stop is None else s.stop
+        starts.add(start)
+        size = stop - start
+    return np.concatenate([np.arange(s, s + size) for s in sorted(starts)])
+
+
+def gather(X, idx, mesh: Mesh) -> jax.Array:
+    """The rows ``X[idx]`` as one global array, split over ``"data"`` along idx's last axis.
+
+    Args:
+      X: the examples, (m, ...): a numpy array, a memory map or anything indexable by
+        an integer array; the same in every process.
+      idx: integer rows, (B,) for one minibatch or (n_batches, B) for an epoch; the
+        same in every process.
+      mesh: the mesh; B must be divisible by its ``"data"`` size.
+    Returns:
+      A ``jax.Array`` of shape ``idx.shape + X.shape[1:]``, sharded ``P("data")``
+      (1-D idx) or ``P(None, "data")`` (2-D idx). Each process reads only
+      ``X[idx[..., local]]``, the rows its own devices hold, and hands them to
+      ``jax.make_array_from_process_local_data``.
+    """
+    idx = np.asarray(idx)
+    if idx.ndim not in (1, 2) or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"idx must be 1-D or 2-D integers, got {idx.dtype} {idx.shape}")
+    check_batch_size(idx.shape[-1], mesh)
+    axis = idx.ndim - 1
+    sharding = sharded(mesh, axis)
+    global_shape = idx.shape + tuple(np.shape(X)[1:])
+    local = idx[..., local_positions(sharding, global_shape, axis)]
+    return jax.make_array_from_process_local_data(sharding, np.asarray(X[local]), global_shape)
+
+
+# -------------------------------------------------------------------- step and epoch
+
+
+def _layout(tree) -> tuple:
+    """(treedef, specs of the leaves): hashable, for caching compiled functions."""
+    leaves, treedef = jax.tree.flatten(tree)
+
+    def spec(x):
+        sharding = getattr(x, "sharding", None)
+        return sharding.spec if isinstance(sharding, NamedSharding) else P()
+
+    return treedef, tuple(spec(x) for x in leaves)
+
+
+def _shardings(mesh: Mesh, layout: tuple):
+    treedef, specs = layout
+    return jax.tree.unflatten(treedef, [NamedSharding(mesh, s) for s in specs])
+
+
+def _donate() -> tuple[int, ...]:
+    return (0, 1) if sgd._donate() else ()
+
+
+def _step(params, opt_state, X, Y, alpha, model, source, optimizer):
+    params, opt_state, loss, _ = sgd._step(params, opt_state, X, Y, alpha, model, source,
+                                           optimizer)
+    return params, opt_state, loss
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_step(mesh: Mesh, donate: tuple[int, ...], params_layout, state_layout):
+    # Static (model, source, optimizer) are positional: jit refuses keyword arguments
+    # together with in_shardings.
+    rep, batch = replicated(mesh), sharded(mesh)
+    p, o = _shardings(mesh, params_layout), _shardings(mesh, state_layout)
+    return jax.jit(_step, static_argnums=(5, 6, 7), in_shardings=(p, o, batch, batch, rep),
+                   out_shardings=(p, o, rep), donate_argnums=donate)
+
+
+def make_step(model, source: str = "manual",
+              optimizer: optax.GradientTransformation | None = None,
+              mesh: Mesh | None = None) -> Callable:
+    """``sgd.make_step`` on a mesh: ``step(params, opt_state, X, Y, alpha)``.
+
+    Returns ``(params, opt_state, loss)``. In- and out-shardings: params and opt_state
+    keep the shardings they come with (:func:`replicate`, or :func:`place` with
+    :func:`param_sharding`); X (B, ...) and Y (B, ...) split along B over "data"
+    (build them with :func:`gather`); alpha and loss replicated. B must be divisible
+    by the "data" size. Compiled once per (shardings, shapes, dtypes).
+    """
+    sgd.gradient(model, source)
+    mesh = make_mesh() if mesh is None else mesh
+
+    def step(params, opt_state, X, Y, alpha):
+        fn = _compiled_step(mesh, _donate(), _layout(params), _layout(opt_state))
+        return fn(params, opt_state, X, Y, alpha, model, source, optimizer)
+
+    return step
+
+
+def _epoch(params, opt_state, Xb, Yb, alpha, model, source, optimizer, batch_sharding):
+    # sgd._epoch's scan body, over minibatches already cut and placed: Xb (n_batches, B, ...)
+    def body(carry, step_and_batch):
+        params, opt_state, bad = carry
+        step, X, Y = step_and_batch
+        X = jax.lax.with_sharding_constraint(X, batch_sharding)
+        Y = jax.lax.with_sharding_constraint(Y, batch_sharding)
+        new_params, new_state, loss, grads = sgd._step(
+            params, opt_state, X, Y, alpha, model, source, optimizer)
+        ok = (bad < 0) & sgd.all_finite(loss, grads)
+        keep = functools.partial(jnp.where, ok)
+        params = jax.tree.map(keep, new_params, params)
+        opt_state = jax.tree.map(keep, new_state, opt_state)
+        bad = jnp.where((bad < 0) & ~ok, step, bad)
+        return (params, opt_state, bad), loss
+
+    steps = jnp.arange(Xb.shape[0], dtype=jnp.int32)
+    (params, opt_state, bad), losses = jax.lax.scan(
+        body, (params, opt_state, jnp.int32(-1)), (steps, Xb, Yb))
+    return params, opt_state, losses, bad
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_epoch(mesh: Mesh, donate: tuple[int, ...], params_layout, state_layout):
+    rep, batches = replicated(mesh), sharded(mesh, axis=1)
+    p, o = _shardings(mesh, params_layout), _shardings(mesh, state_layout)
+    return jax.jit(_epoch, static_argnums=(5, 6, 7, 8),
+                   in_shardings=(p, o, batches, batches, rep),
+                   out_shardings=(p, o, rep, rep), donate_argnums=donate)
+
+
+def run_epoch(params, opt_state, Xb, Yb, alpha, *, model, source: str,
+              optimizer: optax.GradientTransformation | None, mesh: Mesh):
+    """One epoch on the mesh as one compiled ``lax.scan`` over the minibatches.
+
+    Args:
+      params, opt_state: on the mesh (:func:`replicate`, or :func:`place` with
+        :func:`param_sharding`); they keep their shardings. alpha: replicated.
+      Xb, Yb: the epoch's minibatches, (n_batches, B, ...), split along B
+        (:func:`gather` with idx of shape (n_batches, B)).
+    Returns:
+      (params, opt_state, losses (n_batches,), first bad step or -1); as
+      ``sgd.run_epoch``, including the skip of updates after a non-finite step.
+      Compiled once per (model, source, optimizer, shardings, shapes, dtypes).
+    """
+    fn = _compiled_epoch(mesh, _donate(), _layout(params), _layout(opt_state))
+    return fn(params, opt_state, Xb, Yb, alpha, model, source, optimizer, sharded(mesh))
+
+
+# -------------------------------------------------------------------------- training
+
+
+def train_parallel(
+    model,
+    params,
+    X,
+    Y,
+    *,
+    key: jax.Array,
+    alpha: float = 0.1,
+    epochs: int = 10,
+    batch_size: int = 32,
+    source: str = "manual",
+    mesh: Mesh | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    opt_state: Any = None,
+    on_epoch: Callable | None = None,
+    min_shard_size: int = 2**16,
+) -> tuple[Any, dict]:
+    """``sgd.train`` on every device of ``mesh``, data parallel; same data order, same result.
+
+    Each epoch e draws ``sgd.batch_indices(fold_in(key, e), m, batch_size)`` as
+    ``sgd.train`` does, cuts X and Y into those minibatches and splits each one over
+    the ``"data"`` devices (each process reads only its own devices' rows). Params and
+    optimiser state are replicated (or split over "model", below); the gradient is the
+    whole minibatch's mean, so the result equals ``sgd.train``'s up to the order of
+    floating-point additions. The training accuracy in the history is computed on one
+    device of each process over all of X, as ``sgd.train`` does.
+
+    Args:
+      model: a model (``DenseNetwork``, ``jaxnn.cnn.CNN``): static, hashable.
+      params: its parameters, the same values in every process.
+      X: (m, ...) inputs; Y: (m, k) targets or (m,) labels; host arrays (numpy, memory
+        maps) or device arrays, the same in every process.
+      key, alpha, epochs, batch_size, source, optimizer, opt_state, on_epoch: as
+        ``sgd.train``. ``on_epoch(epoch, params, opt_state, history)`` gets the arrays
+        on the mesh; with many processes it runs in every process.
+      mesh: a mesh with a ``"data"`` axis (default :func:`make_mesh`, all devices).
+        With a ``"model"`` axis too (``make_mesh(model=k)``), weight matrices (and
+        their optimiser state) of at least ``min_shard_size`` elements are split by
+        rows over it (:func:`param_sharding`); all other leaves are replicated.
+    Returns:
+      (params, history): params on the mesh (:func:`local_copy` gives whole arrays
+      in any process); history as ``sgd.train``'s.
+    Raises:
+      ValueError: batch_size not divisible by the ``"data"`` axis size, or any input
+        ``sgd.train`` refuses.
+      sgd.NonFiniteError: as ``sgd.train``.
+    """
+    mesh = make_mesh() if mesh is None else mesh
+    if DATA not in mesh.axis_names:
+        raise ValueError(f"mesh must have a '{DATA}' axis, got axes {mesh.axis_names}")
+    model.check(params, X, Y)
+    m = int(np.shape(X)[0])
+    sgd.check_config(alpha, epochs, batch_size, m, source)
+    check_batch_size(batch_size, mesh)
+    if opt_state is None:
+        opt_state = sgd.init_state(params, optimizer)
+    X_host, Y_host = np.asarray(X), np.asarray(Y)
+    dtype = jax.tree.leaves(params)[0].dtype
+    params = place(params, param_sharding(params, mesh, min_shard_size))
+    opt_state = place(opt_state, param_sharding(opt_state, mesh, min_shard_size))
+    alpha_rep = replicate(np.asarray(alpha, dtype), mesh)
+    accuracy = jax.jit(model.accuracy)
+    history: dict[str, list] = {"loss": [], "accuracy": []}
+    for e in range(epochs):
+        idx = np.asarray(sgd.batch_indices(jax.random.fold_in(key, e), m, batch_size))
+        params, opt_state, losses, bad = run_epoch(
+            params, opt_state, gather(X_host, idx, mesh), gather(Y_host, idx, mesh),
+            alpha_rep, model=model, source=source, optimizer=optimizer, mesh=mesh)
+        losses, bad = local_copy(losses), int(bad)
+        if bad >= 0:
+            raise sgd.NonFiniteError(
+                f"non-finite loss or gradient at epoch {e}, step {bad} of that epoch "
+                f"(loss there: {float(losses[bad])}); params are the last finite ones",
+                epoch=e, step=bad, params=params, opt_state=opt_state, history=history)
+        history["loss"].append(float(jnp.mean(losses)))
+        acc = accuracy(local_copy(params), X_host, Y_host)
+        history["accuracy"].append(None if acc is None else float(acc))
+        if on_epoch is not None:
+            on_epoch(e, params, opt_state, history)
+    return params, history
+
+
+# ------------------------------------------------------------------------ many hosts
+
+
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    bind_address: str | None = None,
+    initialization_timeout: int = 60,
+    heartbeat_timeout_seconds: int = 30,
+    shutdown_timeout_seconds: int = 30,
+    cpu_collectives: str = "gloo",
+) -> None:
+    """``jax.distributed.initialize`` with settings read from arguments or environment.
+
+    Call it in every process before any other JAX work. Missing arguments come from
+    ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` (read here)
+    and then from JAX's own cluster detection (Slurm, Open MPI, TPU pods).
+
+    Args:
+      coordinator_address: "host:port" of process 0, reachable by every process.
+      num_processes, process_id: the process count and this process's id in
+        0 .. num_processes - 1.
+      bind_address: where process 0's coordinator listens; default: exactly
+        ``coordinator_address`` (JAX's own default, "[::]:port", listens on every
+        interface).
+      initialization_timeout: seconds to wait for every process to join.
+      heartbeat_timeout_seconds: a process silent this long counts as dead, and every
+        other process is stopped with an error instead of waiting forever.
+      shutdown_timeout_seconds: how long an exiting process waits for the others.
+      cpu_collectives: CPU collectives between processes ("gloo" over TCP, or "mpi").
+    """
+    env = os.environ
+    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    if bind_address is None and coordinator_address is not None:
+        bind_address = coordinator_address
+    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id,
+        coordinator_bind_address=bind_address,
+        initialization_timeout=initialization_timeout,
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+        shutdown_timeout_seconds=shutdown_timeout_seconds,
+    )
+
+
+def is_main_process() -> bool:
+    """True in process 0, the one that writes results and checkpoints."""
+    return jax.process_index() == 0
+
+
+def assert_same_everywhere(tree, what: str = "values") -> None:
+    """Raise ValueError unless every process holds the same ``tree`` (config, initial params).
+
+    Replicated arrays are built from each process's own copy (:func:`replicate`); copies
+    that differ would give replicas that silently disagree. Each process hashes its
+    tree (structure, dtypes, shapes, bytes) and the hashes are all-gathered. A no-op
+    with one process.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = hashlib.sha256(str(jax.tree.structure(tree)).encode())
+    for leaf in jax.tree.leaves(tree):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{a.dtype}{a.shape}".encode())
+        digest.update(a.tobytes())
+    mine = np.frombuffer(digest.digest()[:8], np.int32)
+    everyone = np.asarray(multihost_utils.process_allgather(mine))
+    differ = [i for i, h in enumerate(everyone) if not np.array_equal(h, everyone[0])]
+    if differ:
+        raise ValueError(f"{what} differ between processes: processes {differ} do not "
+                         "match process 0 (give every process the same options and seed)")
+
+
+@contextlib.contextmanager
+def exit_on_error(stream=None):
+    """Around a multi-process run: on an exception, report it and end this process now.
+
+    When another process dies, the collective this process is in fails (gloo:
+    "Connection closed by peer"), or, if none is running, ``jax.distributed`` notices
+    the missing heartbeats after ``heartbeat_timeout_seconds`` and aborts every
+    process. Plain Python would then wait in ``jax.distributed``'s shutdown barrier for
+    the dead process until a timeout, and abort; this prints the error with the
+    process index and exits with status 1 at once. With one process, the exception
+    propagates unchanged.
+    """
+    try:
+        yield
+    except Exception as e:
+        if jax.process_count() == 1:
+            raise
+        stream = sys.stderr if stream is None else stream
+        traceback.print_exc(file=stream)
+        lost_peer = (not isinstance(e, (ValueError, TypeError, AssertionError))
+                     or "gloo" in str(e).lower())
+        hint = ("\n(a collective failed: another process has probably died; see its log)"
+                if lost_peer else "")
+        print(f"process {jax.process_index()} of {jax.process_count()} stopped: "
+              f"{type(e).__name__}: {e}{hint}", file=stream, flush=True)
+        os._exit(1)
