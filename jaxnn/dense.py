@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxnn import activations, initializers
@@ -47,6 +48,8 @@ def init(
     initializers.check_key(key)
     initialize = initializers.get(method)
     sizes = check_sizes(sizes)
+    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise TypeError(f"parameters must have a floating dtype, got {jnp.dtype(dtype)}")
     keys = jax.random.split(key, len(sizes) - 1)
     return [
         {
@@ -58,13 +61,32 @@ def init(
 
 
 def check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
-    """Layer sizes as a tuple of at least two positive ints, else ValueError."""
+    """Layer sizes as a tuple of at least two positive ints (numpy ints too), else ValueError."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence | np.ndarray):
+        raise ValueError(
+            f"sizes must be a sequence of positive ints (n_0, ..., n_N), got {sizes!r}"
+        )
     sizes = tuple(sizes)
-    if len(sizes) < 2 or not all(isinstance(n, int) and n > 0 for n in sizes):
+    if len(sizes) < 2 or not all(
+        isinstance(n, int | np.integer) and not isinstance(n, bool | np.bool_) and n > 0
+        for n in sizes
+    ):
         raise ValueError(
             f"sizes must be at least two positive ints (n_0, ..., n_N), got {sizes}"
         )
-    return sizes
+    return tuple(int(n) for n in sizes)
+
+
+def check_names(hidden: str, output: str) -> None:
+    """Raise ValueError unless ``hidden`` is a hidden and ``output`` an output activation."""
+    if not isinstance(hidden, str) or hidden not in activations.HIDDEN:
+        raise ValueError(
+            f"hidden activation must be one of {activations.HIDDEN}, got {hidden!r}"
+        )
+    if not isinstance(output, str) or output not in activations.OUTPUTS:
+        raise ValueError(
+            f"output activation must be one of {activations.OUTPUTS}, got {output!r}"
+        )
 
 
 def check_params(params: Params, n_0: int | None = None) -> None:
@@ -108,10 +130,17 @@ def check_params(params: Params, n_0: int | None = None) -> None:
 def check_input(params: Params, X: ArrayLike, batch: bool = True) -> None:
     """Raise unless X is (m, n_0) (or (n_0,) with batch=False) in the params' dtype."""
     expected = "(m, n_0)" if batch else "(n_0,)"
+    if not hasattr(X, "shape") or not hasattr(X, "dtype"):
+        raise TypeError(
+            f"expected an input array of shape {expected} (numpy or JAX), "
+            f"got {type(X).__name__}"
+        )
     if jnp.ndim(X) != (2 if batch else 1):
         raise ValueError(f"expected input of shape {expected}, got shape {jnp.shape(X)}")
     check_params(params, jnp.shape(X)[-1])
     x_dtype, p_dtype = jnp.result_type(X), jnp.result_type(params[0]["W"])
+    if not jnp.issubdtype(x_dtype, jnp.floating):
+        raise TypeError(f"inputs must be floating ({p_dtype}, as the parameters), got {x_dtype}")
     if x_dtype != p_dtype:
         raise TypeError(
             f"input dtype {x_dtype} differs from parameter dtype {p_dtype}; "
@@ -132,6 +161,8 @@ def forward_cache(
     x: shape (n_0,). Returns (zs, a_s): zs[l-1] = z^[l] of shape (n_l,) for l = 1..N,
     a_s[l] = a^[l] for l = 0..N (a_s[0] = x, a_s[N] = ŷ).
     """
+    check_names(hidden, output)
+    check_input(params, x, batch=False)
     g, g_out = activations.get(hidden).g, activations.get(output).g
     a = jnp.asarray(x)
     zs, a_s = [], [a]
@@ -145,6 +176,8 @@ def forward_cache(
 
 def logits(params: Params, x: ArrayLike, hidden: str) -> jax.Array:
     """z^[N] for one example x of shape (n_0,); the input to the stable losses."""
+    check_names(hidden, "identity")
+    check_input(params, x, batch=False)
     g = activations.get(hidden).g
     a = jnp.asarray(x)
     for p in params[:-1]:
@@ -154,6 +187,7 @@ def logits(params: Params, x: ArrayLike, hidden: str) -> jax.Array:
 
 def forward(params: Params, x: ArrayLike, hidden: str = "relu", output: str = "identity"):
     """(a) ŷ = a^[N] for one example x of shape (n_0,). Returns shape (n_N,)."""
+    check_names(hidden, output)
     return activations.get(output).g(logits(params, x, hidden))
 
 
@@ -161,6 +195,8 @@ def forward_batch(
     params: Params, X: ArrayLike, hidden: str = "relu", output: str = "identity"
 ) -> jax.Array:
     """(b) ``jax.vmap`` of ``forward`` over examples. X: (m, n_0). Returns (m, n_N)."""
+    check_names(hidden, output)
+    check_input(params, X)
     return jax.vmap(forward, in_axes=(None, 0, None, None))(params, X, hidden, output)
 
 
@@ -173,6 +209,19 @@ def forward_matrix_cache(
     Z^[l], A^[l] of shape (n_l, m). b^[l] is added to every column (b[:, None]).
     The softmax output normalises each column (axis 0).
     """
+    check_names(hidden, output)
+    check_params(params)
+    n_0 = jnp.shape(params[0]["W"])[1]
+    if not hasattr(X, "shape") or jnp.ndim(X) != 2 or jnp.shape(X)[0] != n_0:
+        raise ValueError(
+            f"the matrix form expects A^[0] = X of shape (n_0={n_0}, m), examples as columns, "
+            f"got {'shape ' + str(jnp.shape(X)) if hasattr(X, 'shape') else type(X).__name__}"
+        )
+    if jnp.result_type(X) != jnp.result_type(params[0]["W"]):
+        raise TypeError(
+            f"input dtype {jnp.result_type(X)} differs from parameter dtype "
+            f"{jnp.result_type(params[0]['W'])}; cast one to the other (no silent promotion)"
+        )
     g = activations.get(hidden).g
     A = jnp.asarray(X)
     Zs, As = [], [A]

@@ -13,15 +13,36 @@ HWIO (kh, kw, C_in, C_out), fan_in = kh·kw·C_in and fan_out = kh·kw·C_out.
 The notes' N(0, 0.1) is read as standard deviation 0.1.
 """
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 
+def check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """A weight shape as a tuple of positive ints, else ValueError."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"a weight shape must be a sequence of ints, got {shape!r}") from None
+    if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0
+               for n in shape):
+        raise ValueError(f"a weight shape must be positive ints, got {shape}")
+    return tuple(int(n) for n in shape)
+
+
+def _checked(key, shape, dtype) -> tuple[int, ...]:
+    check_key(key)
+    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise TypeError(f"weights must have a floating dtype, got {jnp.dtype(dtype)}")
+    return check_shape(shape)
+
+
 def fans(shape: Sequence[int]) -> tuple[int, int]:
     """(fan_in, fan_out) of a dense (n_out, n_in) or HWIO (kh, kw, C_in, C_out) shape."""
-    shape = tuple(shape)
+    shape = check_shape(shape)
     if len(shape) == 2:
         return shape[1], shape[0]
     if len(shape) == 4:
@@ -32,33 +53,39 @@ def fans(shape: Sequence[int]) -> tuple[int, int]:
 
 def zeros(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
     """W = 0: kept to show why not (hidden units of a layer never become different)."""
-    del key
-    return jnp.zeros(tuple(shape), dtype)
+    return jnp.zeros(_checked(key, shape, dtype), dtype)
 
 
 def normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32, sigma: float = 0.1):
     """W_ij ~ N(0, σ²) with σ = 0.1, the notes' small random initialisation."""
-    return sigma * jax.random.normal(key, tuple(shape), dtype)
+    shape = _checked(key, shape, dtype)
+    if (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real)
+            or not (math.isfinite(sigma) and sigma > 0)):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    return sigma * jax.random.normal(key, shape, dtype)
 
 
 def xavier_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
     """W_ij ~ N(0, 2 / (fan_in + fan_out)) (Xavier/Glorot)."""
+    shape = _checked(key, shape, dtype)
     fan_in, fan_out = fans(shape)
     std = (2.0 / (fan_in + fan_out)) ** 0.5
-    return std * jax.random.normal(key, tuple(shape), dtype)
+    return std * jax.random.normal(key, shape, dtype)
 
 
 def xavier_uniform(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
     """W_ij ~ U(-r, r), r = sqrt(6 / (fan_in + fan_out)) (Xavier/Glorot)."""
+    shape = _checked(key, shape, dtype)
     fan_in, fan_out = fans(shape)
     r = (6.0 / (fan_in + fan_out)) ** 0.5
-    return jax.random.uniform(key, tuple(shape), dtype, -r, r)
+    return jax.random.uniform(key, shape, dtype, -r, r)
 
 
 def he(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
     """W_ij ~ N(0, 2 / fan_in) (He), suited to ReLU layers."""
+    shape = _checked(key, shape, dtype)
     fan_in, _ = fans(shape)
-    return (2.0 / fan_in) ** 0.5 * jax.random.normal(key, tuple(shape), dtype)
+    return (2.0 / fan_in) ** 0.5 * jax.random.normal(key, shape, dtype)
 
 
 INITIALIZERS: dict[str, Callable] = {

@@ -26,11 +26,65 @@ from jax.typing import ArrayLike
 
 from jaxnn import activations
 
+# --- checks shared by the per-example functions ------------------------------------------
+# They look at shapes and dtypes only, which are static under jit and vmap, so they cost
+# nothing after tracing; a label's range is checked when its value is concrete.
+
+
+def _dtype(value, what: str):
+    if isinstance(value, (list, tuple)):
+        raise TypeError(f"{what} must be an array, got a {type(value).__name__}")
+    return jnp.result_type(value)
+
+
+def _check_output(loss: str, y_hat, what: str = "ŷ") -> None:
+    """ŷ (or z) of one example: shape (k,), floating."""
+    if np.ndim(y_hat) != 1:
+        raise ValueError(
+            f"loss {loss!r} takes {what} of one example, shape (k,), got shape {np.shape(y_hat)}"
+        )
+    dtype = _dtype(y_hat, what)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"loss {loss!r} expects a floating {what}, got dtype {dtype}")
+
+
+def _check_same(loss: str, y_hat, y, what: str = "ŷ") -> None:
+    """Target y of one example with exactly ŷ's shape (k,) and a floating dtype."""
+    _check_output(loss, y_hat, what)
+    if np.shape(y) != np.shape(y_hat):
+        raise ValueError(
+            f"loss {loss!r} expects a target y of shape {np.shape(y_hat)} (same as {what}), "
+            f"got shape {np.shape(y)}"
+        )
+    dtype = _dtype(y, "y")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"loss {loss!r} expects a floating target y, got dtype {dtype}")
+
+
+def _check_label(loss: str, y_hat, y, what: str = "ŷ") -> None:
+    """Integer label y of one example: a scalar in [0, k) for ŷ of shape (k,)."""
+    _check_output(loss, y_hat, what)
+    if np.ndim(y) != 0:
+        raise ValueError(
+            f"loss {loss!r} expects one integer label per example (shape ()), "
+            f"got shape {np.shape(y)}"
+        )
+    dtype = _dtype(y, "y")
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"loss {loss!r} expects an integer label, got dtype {dtype}")
+    if not isinstance(y, jax.core.Tracer):
+        k = np.shape(y_hat)[0]
+        value = int(np.asarray(y))
+        if not 0 <= value < k:
+            raise ValueError(f"label must lie in [0, {k}), got {value}")
+
+
 # --- per-example losses, exactly as the notes write them -------------------------------
 
 
 def squared_error(y_hat: ArrayLike, y: ArrayLike) -> jax.Array:
     """L(ŷ, y) = 1/2 ||ŷ - y||^2. ŷ, y: shape (k,). Returns a scalar."""
+    _check_same("squared_error", y_hat, y)
     d = jnp.asarray(y_hat) - y
     return 0.5 * jnp.sum(d * d)
 
@@ -40,17 +94,20 @@ def logistic(y_hat: ArrayLike, y: ArrayLike) -> jax.Array:
 
     ŷ in (0, 1) and y in {0, 1} (or [0, 1]), both of shape (k,). Returns a scalar.
     """
+    _check_same("logistic", y_hat, y)
     y_hat = jnp.asarray(y_hat)
     return -jnp.sum(y * jnp.log(y_hat) + (1 - y) * jnp.log1p(-y_hat))
 
 
 def softmax_loss(y_hat: ArrayLike, y: ArrayLike) -> jax.Array:
     """L(ŷ, y) = -Σ_j 1{y = j} log ŷ_j = -log ŷ_y. ŷ: (k,) probabilities; y: integer scalar."""
+    _check_label("softmax", y_hat, y)
     return -jnp.log(jnp.take(jnp.asarray(y_hat), y))
 
 
 def cross_entropy(y_hat: ArrayLike, y: ArrayLike) -> jax.Array:
     """L(ŷ, y) = -Σ_i y_i log ŷ_i. ŷ, y: shape (k,), y a probability vector. Returns a scalar."""
+    _check_same("cross_entropy", y_hat, y)
     return -jnp.sum(y * jnp.log(y_hat))
 
 
@@ -59,18 +116,21 @@ def cross_entropy(y_hat: ArrayLike, y: ArrayLike) -> jax.Array:
 
 def logistic_from_logits(z: ArrayLike, y: ArrayLike) -> jax.Array:
     """logistic(sigmoid(z), y) as -(y log σ(z) + (1 - y) log σ(-z)), finite for any z."""
+    _check_same("logistic", z, y, "z")
     z = jnp.asarray(z)
     return -jnp.sum(y * jax.nn.log_sigmoid(z) + (1 - y) * jax.nn.log_sigmoid(-z))
 
 
 def softmax_loss_from_logits(z: ArrayLike, y: ArrayLike) -> jax.Array:
     """softmax_loss(softmax(z), y) as logsumexp(z) - z_y."""
+    _check_label("softmax", z, y, "z")
     z = jnp.asarray(z)
     return jax.nn.logsumexp(z) - jnp.take(z, y)
 
 
 def cross_entropy_from_logits(z: ArrayLike, y: ArrayLike) -> jax.Array:
     """cross_entropy(softmax(z), y) as -Σ_i y_i (z_i - logsumexp(z))."""
+    _check_same("cross_entropy", z, y, "z")
     z = jnp.asarray(z)
     return -jnp.sum(y * (z - jax.nn.logsumexp(z)))
 
@@ -80,28 +140,35 @@ def cross_entropy_from_logits(z: ArrayLike, y: ArrayLike) -> jax.Array:
 
 def squared_error_grad(y_hat: ArrayLike, y: ArrayLike) -> jax.Array:
     """∇_ŷ 1/2 ||ŷ - y||^2 = ŷ - y."""
+    _check_same("squared_error", y_hat, y)
     return jnp.asarray(y_hat) - y
 
 
 def logistic_grad(y_hat: ArrayLike, y: ArrayLike) -> jax.Array:
     """∇_ŷ logistic = -y/ŷ + (1 - y)/(1 - ŷ)."""
+    _check_same("logistic", y_hat, y)
     y_hat = jnp.asarray(y_hat)
     return -y / y_hat + (1 - y) / (1 - y_hat)
 
 
 def softmax_loss_grad(y_hat: ArrayLike, y: ArrayLike) -> jax.Array:
     """∇_ŷ (-log ŷ_y) = -e_y / ŷ_y (zero except at the label)."""
+    _check_label("softmax", y_hat, y)
     y_hat = jnp.asarray(y_hat)
     return -one_hot(y, y_hat.shape[-1], y_hat.dtype) / y_hat
 
 
 def cross_entropy_grad(y_hat: ArrayLike, y: ArrayLike) -> jax.Array:
     """∇_ŷ (-Σ y_i log ŷ_i) = -y / ŷ."""
+    _check_same("cross_entropy", y_hat, y)
     return -jnp.asarray(y) / y_hat
 
 
 def one_hot(y: ArrayLike, k: int, dtype) -> jax.Array:
     """e_y, the one-hot vector of an integer label y in [0, k); shape y.shape + (k,)."""
+    dtype_y = _dtype(y, "y")
+    if not jnp.issubdtype(dtype_y, jnp.integer):
+        raise TypeError(f"one_hot expects integer labels, got dtype {dtype_y}")
     return (jnp.asarray(y)[..., None] == jnp.arange(k)).astype(dtype)
 
 
@@ -178,6 +245,7 @@ def output_loss(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> jax.Array
 
     z: z^[N] of shape (k,); y: shape (k,) or an integer label. Returns a scalar.
     """
+    check_pair(output, loss)
     spec = get(loss)
     if output in spec.canonical:
         return spec.canonical[output](z, y)
@@ -190,6 +258,7 @@ def delta_output_general(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> 
     For softmax, whose Jacobian is not diagonal, the elementwise product becomes
     the Jacobian-vector product Jᵀ ∇_ŷ L. z: shape (k,). Returns shape (k,).
     """
+    check_pair(output, loss)
     g = activations.get(output)
     grad = get(loss).grad_y_hat(g.g(z), y)
     if g.elementwise:
@@ -203,35 +272,42 @@ def delta_output(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> jax.Arra
     With integer labels (softmax loss) y stands for its one-hot vector e_y.
     z: shape (k,). Returns shape (k,).
     """
+    check_pair(output, loss)
     if not is_canonical(output, loss):
         return delta_output_general(output, loss, z, y)
-    y_hat = activations.get(output).g(z)
     if get(loss).target == "label":
+        _check_label(loss, z, y, "z")
+        y_hat = activations.get(output).g(z)
         return y_hat - one_hot(y, y_hat.shape[-1], y_hat.dtype)
-    return y_hat - y
+    _check_same(loss, z, y, "z")
+    return activations.get(output).g(z) - y
 
 
 # --- batches ------------------------------------------------------------------------------
 
 
-def check_targets(loss: str, y_hat_shape: tuple, Y) -> None:
+def check_targets(loss: str, y_hat_shape: tuple, Y, dtype=None) -> None:
     """Validate a batch of targets against outputs of shape ``y_hat_shape`` = (m, k).
 
-    Float targets must have exactly ŷ's shape (no broadcasting of (m,) against (m, 1));
-    integer labels must have shape (m,), an integer dtype, and values in [0, k).
+    Float targets must have exactly ŷ's shape (no broadcasting of (m,) against (m, 1))
+    and, when ``dtype`` is given (the parameters' dtype), that dtype; integer labels must
+    have shape (m,), an integer dtype, and values in [0, k).
     Raises ValueError or TypeError naming what was expected and what came.
     """
     spec = get(loss)
+    y_hat_shape = tuple(y_hat_shape)
+    if len(y_hat_shape) != 2:
+        raise ValueError(f"expected outputs of shape (m, k), got shape {y_hat_shape}")
     shape = tuple(np.shape(Y))
-    dtype = jnp.result_type(Y)
+    target_dtype = _dtype(Y, "targets Y")
     if spec.target == "label":
         if shape != y_hat_shape[:-1]:
             raise ValueError(
                 f"loss {loss!r} expects integer labels of shape {y_hat_shape[:-1]}, "
                 f"got shape {shape}"
             )
-        if not jnp.issubdtype(dtype, jnp.integer):
-            raise TypeError(f"loss {loss!r} expects integer labels, got dtype {dtype}")
+        if not jnp.issubdtype(target_dtype, jnp.integer):
+            raise TypeError(f"loss {loss!r} expects integer labels, got dtype {target_dtype}")
         if not isinstance(Y, jax.core.Tracer):
             k = y_hat_shape[-1]
             values = np.asarray(Y)
@@ -246,14 +322,19 @@ def check_targets(loss: str, y_hat_shape: tuple, Y) -> None:
                 f"loss {loss!r} expects targets of shape {tuple(y_hat_shape)} (same as ŷ), "
                 f"got shape {shape}"
             )
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"loss {loss!r} expects floating targets, got dtype {dtype}")
+        if not jnp.issubdtype(target_dtype, jnp.floating):
+            raise TypeError(f"loss {loss!r} expects floating targets, got dtype {target_dtype}")
+        if dtype is not None and target_dtype != jnp.dtype(dtype):
+            raise TypeError(
+                f"targets have dtype {target_dtype}, the parameters {jnp.dtype(dtype)}; "
+                "cast one to the other (no silent promotion)"
+            )
 
 
 def batch_loss(loss: str, Y_hat: ArrayLike, Y: ArrayLike) -> jax.Array:
     """(1/m) Σ_i L(ŷ^(i), y^(i)), the probability form. Y_hat: (m, k); Y: (m, k) or (m,)."""
     Y_hat = jnp.asarray(Y_hat)
-    check_targets(loss, Y_hat.shape, Y)
+    check_targets(loss, Y_hat.shape, Y, Y_hat.dtype)
     return jnp.mean(jax.vmap(get(loss).L)(Y_hat, Y))
 
 
@@ -264,6 +345,7 @@ def accuracy(loss: str, Z: ArrayLike, Y: ArrayLike) -> jax.Array | None:
     (ŷ > 1/2) agrees with y > 1/2 on every unit. None for squared_error (regression).
     """
     Z = jnp.asarray(Z)
+    check_targets(loss, Z.shape, Y)
     if loss == "softmax":
         return jnp.mean(jnp.argmax(Z, axis=-1) == Y)
     if loss == "cross_entropy":

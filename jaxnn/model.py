@@ -23,6 +23,9 @@ from jax.typing import ArrayLike
 
 from jaxnn import activations, backprop, dense, losses
 
+GRAD_FORMS = {"rows": backprop.grad_rows, "matrix": backprop.grad_matrix,
+              "vmap": backprop.grad_vmap}
+
 
 @dataclass(frozen=True)
 class DenseNetwork:
@@ -30,15 +33,17 @@ class DenseNetwork:
 
     Valid (output, loss) pairs: identity/sigmoid/softmax + squared_error,
     sigmoid + logistic, softmax + softmax (integer labels), softmax + cross_entropy
-    (probability targets). ``grad_form`` picks the manual batch gradient: "matrix"
-    (Δ A^T / m, the notes' vectorised form) or "vmap" (per-example recursion, vmapped).
+    (probability targets). ``grad_form`` picks the manual batch gradient: "rows" (the
+    notes' vectorised form with examples as rows, ``backprop.grad_rows``: the fastest,
+    used for training), "matrix" (Δ A^T / m with examples as columns, exactly as the
+    notes write it) or "vmap" (the per-example recursion, vmapped).
     """
 
     sizes: tuple[int, ...]
     hidden: str = "relu"
     output: str = "identity"
     loss_name: str = "squared_error"
-    grad_form: str = "matrix"
+    grad_form: str = "rows"
 
     def __post_init__(self):
         object.__setattr__(self, "sizes", dense.check_sizes(self.sizes))
@@ -47,8 +52,9 @@ class DenseNetwork:
                 f"hidden activation must be one of {activations.HIDDEN}, got {self.hidden!r}"
             )
         losses.check_pair(self.output, self.loss_name)
-        if self.grad_form not in ("matrix", "vmap"):
-            raise ValueError(f"grad_form must be 'matrix' or 'vmap', got {self.grad_form!r}")
+        if self.grad_form not in GRAD_FORMS:
+            raise ValueError(f"grad_form must be one of {tuple(GRAD_FORMS)}, "
+                             f"got {self.grad_form!r}")
 
     def init(self, key: jax.Array, method: str = "he", dtype=jnp.float32, **kwargs):
         """Parameters for this network (see ``dense.init``)."""
@@ -56,36 +62,46 @@ class DenseNetwork:
 
     def logits(self, params, X: ArrayLike) -> jax.Array:
         """Z^[N] of every example. X: (m, n_0). Returns (m, n_N)."""
+        self.check(params, X)
         return jax.vmap(dense.logits, in_axes=(None, 0, None))(params, X, self.hidden)
 
     def predict(self, params, X: ArrayLike) -> jax.Array:
         """Ŷ = a^[N] of every example. X: (m, n_0). Returns (m, n_N)."""
+        self.check(params, X)
         return dense.forward_batch(params, X, self.hidden, self.output)
 
     def loss(self, params, X: ArrayLike, Y: ArrayLike) -> jax.Array:
         """(1/m) Σ_i L(ŷ^(i), y^(i)) from the logits (log-sum-exp / log-sigmoid forms)."""
+        self.check(params, X, Y)
         Z = self.logits(params, X)
         per_example = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))
         return jnp.mean(per_example(self.output, self.loss_name, Z, Y))
 
     def manual_grad(self, params, X: ArrayLike, Y: ArrayLike):
         """(mean loss, ∂loss/∂params) by the hand-written δ recursion; no autodiff."""
-        form = backprop.grad_matrix if self.grad_form == "matrix" else backprop.grad_vmap
-        return form(params, X, Y, self.hidden, self.output, self.loss_name)
+        self.check(params, X, Y)
+        return GRAD_FORMS[self.grad_form](params, X, Y, self.hidden, self.output, self.loss_name)
 
     def accuracy(self, params, X: ArrayLike, Y: ArrayLike):
         """Fraction of examples classified right; None for a regression loss."""
+        self.check(params, X, Y)
         return losses.accuracy(self.loss_name, self.logits(params, X), Y)
 
     def check(self, params, X: ArrayLike, Y: ArrayLike | None = None) -> None:
-        """Raise ValueError/TypeError unless params, X (m, n_0) and Y fit this network."""
+        """Raise ValueError/TypeError unless params, X (m, n_0) and Y fit this network.
+
+        Y must be (m, n_N) floating targets in the parameters' dtype, or (m,) integer
+        labels in [0, n_N) for the softmax loss (their range is checked when concrete).
+        Shapes and dtypes are static, so under ``jit`` this costs nothing after tracing.
+        """
         dense.check_input(params, X)
         n_N = jnp.shape(params[-1]["W"])[0]
         sizes = (jnp.shape(params[0]["W"])[1],) + tuple(jnp.shape(p["W"])[0] for p in params)
         if sizes != self.sizes:
             raise ValueError(f"params have layer sizes {sizes}, the network {self.sizes}")
         if Y is not None:
-            losses.check_targets(self.loss_name, (jnp.shape(X)[0], n_N), Y)
+            losses.check_targets(self.loss_name, (jnp.shape(X)[0], n_N), Y,
+                                 jnp.result_type(params[0]["W"]))
 
     def kink_pattern(self, params, X: ArrayLike):
         """Where the loss is not smooth in params: the sign of every ReLU's z^[l] (l < N).

@@ -18,12 +18,16 @@ epoch and step.
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from jaxnn.initializers import check_key
 
 SOURCES = ("manual", "autodiff")
 
@@ -77,6 +81,7 @@ def make_step(model, source: str = "manual", optimizer: optax.GradientTransforma
     gradient(model, source)
 
     def step(params, opt_state, X, Y, alpha):
+        model.check(params, X, Y)  # shapes and dtypes: checked once, when traced
         params, opt_state, loss, _ = _step(params, opt_state, X, Y, alpha, model, source,
                                            optimizer)
         return params, opt_state, loss
@@ -91,6 +96,10 @@ def init_state(params, optimizer: optax.GradientTransformation | None):
 
 def batch_indices(key: jax.Array, m: int, batch_size: int) -> jax.Array:
     """Indices of floor(m / batch_size) shuffled minibatches, shape (n_batches, batch_size)."""
+    if not _is_int(m) or m < 0:
+        raise ValueError(f"m must be an int >= 0, got {m!r}")
+    if not _is_int(batch_size) or not 1 <= batch_size <= max(m, 1):
+        raise ValueError(f"batch_size must be an int in [1, m={m}], got {batch_size!r}")
     n_batches = m // batch_size
     return jax.random.permutation(key, m)[: n_batches * batch_size].reshape(n_batches, -1)
 
@@ -100,20 +109,29 @@ def all_finite(*trees) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
 
 
+def guarded_step(carry, step, X, Y, alpha, model, source, optimizer):
+    """One step of an epoch's scan, skipped once a loss or gradient was non-finite.
+
+    carry = (params, opt_state, bad), bad being -1 or the first bad step's index.
+    Returns (carry, loss).
+    """
+    params, opt_state, bad = carry
+    new_params, new_state, loss, grads = _step(
+        params, opt_state, X, Y, alpha, model, source, optimizer)
+    ok = (bad < 0) & all_finite(loss, grads)
+    keep = functools.partial(jnp.where, ok)
+    params = jax.tree.map(keep, new_params, params)
+    opt_state = jax.tree.map(keep, new_state, opt_state)
+    bad = jnp.where((bad < 0) & ~ok, step, bad)
+    return (params, opt_state, bad), loss
+
+
 def _epoch(params, opt_state, X, Y, key, alpha, model, source, optimizer, batch_size):
     batches = batch_indices(key, X.shape[0], batch_size)
 
     def body(carry, step_and_idx):
-        params, opt_state, bad = carry
         step, idx = step_and_idx
-        new_params, new_state, loss, grads = _step(
-            params, opt_state, X[idx], Y[idx], alpha, model, source, optimizer)
-        ok = (bad < 0) & all_finite(loss, grads)
-        keep = functools.partial(jnp.where, ok)
-        params = jax.tree.map(keep, new_params, params)
-        opt_state = jax.tree.map(keep, new_state, opt_state)
-        bad = jnp.where((bad < 0) & ~ok, step, bad)
-        return (params, opt_state, bad), loss
+        return guarded_step(carry, step, X[idx], Y[idx], alpha, model, source, optimizer)
 
     steps = jnp.arange(batches.shape[0], dtype=jnp.int32)
     (params, opt_state, bad), losses = jax.lax.scan(
@@ -137,15 +155,27 @@ def run_epoch(params, opt_state, X, Y, key, alpha, *, model, source, optimizer, 
               optimizer=optimizer, batch_size=batch_size)
 
 
+def _is_int(n) -> bool:
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool | np.bool_)
+
+
 def check_config(alpha, epochs: int, batch_size: int, m: int, source: str) -> None:
-    """Raise ValueError/TypeError for a bad learning rate, epoch count, batch size or source."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    """Raise ValueError/TypeError for a bad learning rate, epoch count, batch size or source.
+
+    alpha: a real number (Python or numpy scalar, or a 0-d array), finite and > 0;
+    epochs: an int >= 0; batch_size: an int in [1, m]; source: one of ``SOURCES``.
+    """
+    if isinstance(alpha, bool | np.bool_) or not (
+        isinstance(alpha, numbers.Real)
+        or (np.shape(alpha) == () and hasattr(alpha, "dtype")
+            and jnp.issubdtype(alpha.dtype, jnp.floating))
+    ):
         raise TypeError(f"learning rate alpha must be a number, got {type(alpha).__name__}")
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"learning rate alpha must be finite and > 0, got {alpha}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+    if not _is_int(epochs) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= m:
+    if not _is_int(batch_size) or not 1 <= batch_size <= m:
         raise ValueError(f"batch_size must be an int in [1, m={m}], got {batch_size!r}")
     if source not in SOURCES:
         raise ValueError(f"gradient source must be one of {SOURCES}, got {source!r}")
@@ -165,6 +195,8 @@ def train(
     optimizer: optax.GradientTransformation | None = None,
     opt_state: Any = None,
     on_epoch: Callable | None = None,
+    start_epoch: int = 0,
+    history: dict | None = None,
 ) -> tuple[Any, dict]:
     """Minibatch training for ``epochs`` epochs.
 
@@ -175,7 +207,13 @@ def train(
       alpha: learning rate of the explicit update (ignored when ``optimizer`` is given).
       source: "manual" (δ recursion) or "autodiff" (jax.grad).
       optimizer: an optax optimiser instead of the explicit update.
+      opt_state: the optimiser state to start from (default ``init_state``); a state of
+        another structure, shape or dtype than the optimiser's raises ValueError.
       on_epoch: called as on_epoch(epoch, params, opt_state, history) after each epoch.
+      start_epoch, history: resume a run after its epochs 0 .. start_epoch - 1, from
+        their params, opt_state and history (each list of length start_epoch). Epoch e
+        shuffles with fold_in(key, e) whatever the start, so a run resumed from the state
+        after epoch e - 1 repeats the uninterrupted run exactly.
     Returns:
       (params, history) with history {"loss": mean minibatch loss per epoch,
       "accuracy": training accuracy after each epoch (None for regression)}.
@@ -184,12 +222,29 @@ def train(
     """
     model.check(params, X, Y)
     check_config(alpha, epochs, batch_size, int(X.shape[0]), source)
+    check_key(key)
+    epochs, batch_size = int(epochs), int(batch_size)
+    if not _is_int(start_epoch) or not 0 <= start_epoch <= epochs:
+        raise ValueError(f"start_epoch must be an int in [0, epochs={epochs}], got {start_epoch!r}")
+    start_epoch = int(start_epoch)
+    if on_epoch is not None and not callable(on_epoch):
+        raise TypeError(f"on_epoch must be callable, got {type(on_epoch).__name__}")
+    if optimizer is not None and not (callable(getattr(optimizer, "init", None))
+                                      and callable(getattr(optimizer, "update", None))):
+        raise TypeError(
+            "optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
+            f"got {type(optimizer).__name__}"
+        )
     if opt_state is None:
         opt_state = init_state(params, optimizer)
-    history: dict[str, list] = {"loss": [], "accuracy": []}
+    else:
+        check_opt_state(opt_state, params, optimizer)
+    history = _start_history(history, start_epoch)
+    if _donate():  # each epoch donates its input buffers: keep the caller's arrays alive
+        params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
     accuracy = jax.jit(model.accuracy)
     alpha = jnp.asarray(alpha, jax.tree.leaves(params)[0].dtype)
-    for e in range(epochs):
+    for e in range(start_epoch, epochs):
         params, opt_state, losses, bad = run_epoch(
             params, opt_state, X, Y, jax.random.fold_in(key, e), alpha, model=model,
             source=source, optimizer=optimizer, batch_size=batch_size)
@@ -205,3 +260,45 @@ def train(
         if on_epoch is not None:
             on_epoch(e, params, opt_state, history)
     return params, history
+
+
+def check_opt_state(opt_state, params, optimizer) -> None:
+    """Raise ValueError unless opt_state has the structure, shapes and dtypes of the
+    state ``init_state(params, optimizer)`` would make."""
+    expected = jax.eval_shape(lambda p: init_state(p, optimizer), params)
+    got_paths, got_def = jax.tree_util.tree_flatten_with_path(opt_state)
+    want_paths, want_def = jax.tree_util.tree_flatten_with_path(expected)
+    if got_def != want_def:
+        got_names = [jax.tree_util.keystr(p) for p, _ in got_paths]
+        want_names = [jax.tree_util.keystr(p) for p, _ in want_paths]
+        missing = [n for n in want_names if n not in got_names][:3]
+        extra = [n for n in got_names if n not in want_names][:3]
+        raise ValueError(
+            "opt_state does not fit the optimiser: "
+            + (f"missing leaves {missing}, unexpected leaves {extra}" if missing or extra
+               else f"expected the structure {want_def}, got {got_def}")
+        )
+    for (path, got), (_, want) in zip(got_paths, want_paths, strict=True):
+        shape, dtype = np.shape(got), jnp.result_type(got)
+        if shape != want.shape or dtype != want.dtype:
+            raise ValueError(
+                f"opt_state{jax.tree_util.keystr(path)}: expected {want.dtype}{list(want.shape)}, "
+                f"got {dtype}{list(shape)}"
+            )
+
+
+def _start_history(history: dict | None, start_epoch: int) -> dict[str, list]:
+    if history is None:
+        if start_epoch:
+            raise ValueError(
+                f"resuming at start_epoch={start_epoch} needs the history of the epochs before"
+            )
+        return {"loss": [], "accuracy": []}
+    if not isinstance(history, dict) or set(history) != {"loss", "accuracy"}:
+        raise ValueError(f"history must be a dict with keys 'loss' and 'accuracy', got {history!r}")
+    lengths = {name: len(values) for name, values in history.items()}
+    if set(lengths.values()) != {start_epoch}:
+        raise ValueError(
+            f"history must hold the {start_epoch} epochs before start_epoch, got lengths {lengths}"
+        )
+    return {name: list(values) for name, values in history.items()}
