@@ -300,20 +300,11 @@ def make_step(model, source: str = "manual",
 
 
 def _epoch(params, opt_state, Xb, Yb, alpha, model, source, optimizer, batch_sharding):
-    # sgd._epoch's scan body, over minibatches already cut and placed: Xb (n_batches, B, ...)
     def body(carry, step_and_batch):
-        params, opt_state, bad = carry
         step, X, Y = step_and_batch
         X = jax.lax.with_sharding_constraint(X, batch_sharding)
         Y = jax.lax.with_sharding_constraint(Y, batch_sharding)
-        new_params, new_state, loss, grads = sgd._step(
-            params, opt_state, X, Y, alpha, model, source, optimizer)
-        ok = (bad < 0) & sgd.all_finite(loss, grads)
-        keep = functools.partial(jnp.where, ok)
-        params = jax.tree.map(keep, new_params, params)
-        opt_state = jax.tree.map(keep, new_state, opt_state)
-        bad = jnp.where((bad < 0) & ~ok, step, bad)
-        return (params, opt_state, bad), loss
+        return sgd.guarded_step(carry, step, X, Y, alpha, model, source, optimizer)
 
     steps = jnp.arange(Xb.shape[0], dtype=jnp.int32)
     (params, opt_state, bad), losses = jax.lax.scan(
