@@ -100,13 +100,17 @@ def safe_name(name: str, what: str = "run name") -> str:
 def run_dir(args: argparse.Namespace, name: str) -> Path:
     """Create and return runs_dir/name/<out or timestamp>/.
 
-    An existing folder is refused unless --overwrite; a timestamp that already exists
-    gets a numeric suffix.
+    An existing folder is refused unless --overwrite, or --resume (``add_checkpoint_args``),
+    which needs --out to name the run to continue; a timestamp that already exists gets a
+    numeric suffix.
     """
     base = Path(args.runs_dir) / safe_name(name, "experiment name")
+    resume = getattr(args, "resume", False)
+    if resume and args.out is None:
+        raise SystemExit("--resume needs --out NAME, the run folder to continue")
     if args.out is not None:
         path = base / safe_name(args.out)
-        if path.exists() and not args.overwrite:
+        if path.exists() and not (args.overwrite or resume):
             raise SystemExit(f"{path} exists; choose another --out or pass --overwrite")
     else:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -232,3 +236,242 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def epoch_progress(args: argparse.Namespace, epochs: int, desc: str, then=None):
+    """A tqdm bar over epochs and an ``on_epoch`` callback for ``jaxnn.sgd.train`` advancing it.
+
+    The callback moves the bar on by one epoch, shows that epoch's mean loss, and then
+    calls ``then(epoch, params, opt_state, history)`` when given. Use the bar as a
+    context manager around training: ``with bar: sgd.train(..., on_epoch=callback)``.
+    """
+    bar = progress(None, args, total=epochs, desc=desc, unit="epoch")
+
+    def on_epoch(epoch, params, opt_state, history):
+        bar.update(1)
+        bar.set_postfix(loss=f"{history['loss'][-1]:.4g}", refresh=False)
+        if then is not None:
+            then(epoch, params, opt_state, history)
+
+    return bar, on_epoch
+
+
+def tree_difference(a, b) -> dict:
+    """How far apart two parameter pytrees of one structure are, over all leaves.
+
+    Returns {"max_abs": max |a - b|,
+             "max_rel": max over leaves of max |a - b| / max(|a|, |b|) of that leaf
+                        (the difference relative to the leaf's scale),
+             "max_rel_elementwise": max of |a - b| / max(|a|, |b|, tiny) element by
+                        element, 0 where a == b (as ``jaxnn.gradcheck.relative_error``;
+                        entries near 0 dominate it)}.
+    Computed with numpy on the host, so that comparing many snapshots compiles nothing.
+    """
+    import jax
+
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        raise ValueError(
+            f"trees differ in structure: {jax.tree.structure(a)} vs {jax.tree.structure(b)}"
+        )
+    max_abs = max_rel = max_elementwise = 0.0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        tiny = float(np.finfo(np.result_type(x, y)).tiny)
+        x, y = x.astype(np.float64), y.astype(np.float64)
+        d = np.abs(x - y)
+        magnitude = np.maximum(np.abs(x), np.abs(y))
+        scale = float(np.max(magnitude, initial=0.0))
+        max_abs = max(max_abs, float(np.max(d, initial=0.0)))
+        max_rel = max(max_rel, float(np.max(d, initial=0.0)) / scale if scale > 0 else 0.0)
+        elementwise = np.where(x == y, 0.0, d / np.maximum(magnitude, tiny))
+        max_elementwise = max(max_elementwise, float(np.max(elementwise, initial=0.0)))
+    return {"max_abs": max_abs, "max_rel": max_rel, "max_rel_elementwise": max_elementwise}
+
+
+def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error unless --epochs >= 1, --alpha is finite and > 0 and
+    --batch-size >= 1 (options of ``add_training_args``)."""
+    if args.epochs < 1:
+        p.error(f"--epochs must be >= 1, got {args.epochs}")
+    if not (math.isfinite(args.alpha) and args.alpha > 0):
+        p.error(f"--alpha must be finite and > 0, got {args.alpha}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+def time_samples(fns: dict, repeats: int, *, warmup: int = 1, number: int = 1) -> dict:
+    """Wall-clock seconds per call of zero-argument functions, timed interleaved.
+
+    Each function runs ``warmup`` times untimed (compilation, caches), then the functions
+    take turns: repeat r times every function once (``number`` calls, each waited for with
+    ``jax.block_until_ready``), starting from a different function each repeat, so a slow
+    moment of a shared machine hits all of them alike rather than one.
+
+    Returns {name: [seconds per call, one per repeat]}.
+    """
+    import jax
+
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            jax.block_until_ready(fns[name]())
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            for _ in range(number):
+                jax.block_until_ready(fns[name]())
+            samples[name].append((time.perf_counter() - start) / number)
+    return samples
+
+
+def time_interleaved(fns: dict, repeats: int = 7, *, warmup: int = 1, number: int = 1) -> dict:
+    """{name: median seconds per call} of ``time_samples`` (interleaved repeats)."""
+    samples = time_samples(fns, repeats, warmup=warmup, number=number)
+    return {name: float(np.median(s)) for name, s in samples.items()}
+
+
+def timed_compile(jitted, *args, **kwargs):
+    """Lower and compile ``jitted`` for these arguments, apart from any run.
+
+    Returns (compiled, seconds): the ``jax.stages.Compiled`` and the wall-clock seconds
+    of tracing, lowering and XLA compilation together.
+    """
+    start = time.perf_counter()
+    compiled = jitted.lower(*args, **kwargs).compile()
+    return compiled, time.perf_counter() - start
+
+
+def xla_cost(compiled) -> dict:
+    """XLA's estimate for a compiled function: {"flops", "bytes_accessed", "transcendentals"}.
+
+    ``cost_analysis()`` returns a dict, or a list of dicts (one per program) in some
+    versions and backends; the list is summed. Missing entries are NaN.
+    """
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, dict) or analysis is None:
+        analysis = [analysis or {}]
+    out = {}
+    for key, name in (("flops", "flops"), ("bytes accessed", "bytes_accessed"),
+                      ("transcendentals", "transcendentals")):
+        values = [float(a[key]) for a in analysis if a and key in a]
+        out[name] = float(sum(values)) if values else float("nan")
+    return out
+
+
+_HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+ = (.*)$")
+_HLO_OPCODE = re.compile(r"^(?:\((?:[^()]|\([^()]*\))*\)|\S+)\s+([a-z][a-z0-9\-]*)\(")
+
+
+def hlo_ops(compiled_or_text) -> dict:
+    """Instruction counts of an (optimised) HLO module, from ``compiled.as_text()``.
+
+    Returns {"total": instructions in all computations (fused bodies included),
+    "entry": instructions of the entry computation (the kernels and calls the program
+    runs), "by_opcode": {opcode: count over all computations}}.
+    """
+    text = compiled_or_text if isinstance(compiled_or_text, str) else compiled_or_text.as_text()
+    by_opcode: dict[str, int] = {}
+    total = entry = 0
+    in_entry = False
+    for line in text.splitlines():
+        if line.startswith("ENTRY"):
+            in_entry = True
+            continue
+        if line.startswith("}"):
+            in_entry = False
+            continue
+        match = _HLO_INSTRUCTION.match(line)
+        if not match:
+            continue
+        opcode_match = _HLO_OPCODE.match(match.group(1))
+        opcode = opcode_match.group(1) if opcode_match else "?"
+        by_opcode[opcode] = by_opcode.get(opcode, 0) + 1
+        total += 1
+        entry += in_entry
+    return {"total": total, "entry": entry, "by_opcode": dict(sorted(by_opcode.items()))}
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """--checkpoint-every N, --keep-checkpoints K and --resume, for ``train_with_checkpoints``."""
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="save the whole training state every N epochs and after the last, "
+                        "under <run folder>/checkpoints/ (0: no checkpoints)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K",
+                   help="how many of the newest checkpoints to keep")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run named by --out from its newest valid checkpoint")
+
+
+def train_with_checkpoints(args: argparse.Namespace, folder: Path, model, params, X, Y, *,
+                           key, tag: str = "train", **train_kwargs):
+    """``jaxnn.sgd.train``, checkpointed and resumable as --checkpoint-every/--resume ask.
+
+    Without either option this is ``sgd.train(model, params, X, Y, key=key,
+    **train_kwargs)``. Otherwise it is ``jaxnn.checkpoint.train`` with the checkpoints of
+    this training run in folder/checkpoints/<tag>/ (one tag per training run of a script,
+    e.g. the gradient source; letters, digits, '.', '_', '-'): a checkpoint every N
+    epochs and after the last one, the newest K kept; with --resume, training continues
+    from the newest valid checkpoint there, on the uninterrupted run's trajectory, and
+    without it a folder already holding checkpoints is refused unless --overwrite (whose
+    old checkpoints are then removed). Resume events and skipped files are printed to
+    stderr. Returns (params, history) as ``sgd.train``.
+    """
+    from jaxnn import checkpoint, sgd
+
+    every = getattr(args, "checkpoint_every", 0)
+    resume = getattr(args, "resume", False)
+    keep = getattr(args, "keep_checkpoints", 3)
+    if every < 0 or keep < 1:
+        raise SystemExit(f"--checkpoint-every must be >= 0 and --keep-checkpoints >= 1, "
+                         f"got {every} and {keep}")
+    if not every and not resume:
+        return sgd.train(model, params, X, Y, key=key, **train_kwargs)
+    where = Path(folder) / "checkpoints" / safe_name(tag, "checkpoint tag")
+    if not resume and args.overwrite:
+        for _, path in checkpoint.list_checkpoints(where):
+            path.unlink()
+    epochs = train_kwargs.pop("epochs")
+    return checkpoint.train(
+        model, params, X, Y, folder=where, key=key, epochs=epochs,
+        every=every if every > 0 else max(epochs, 1), keep=keep, resume=resume,
+        log=lambda line: print(line, file=sys.stderr, flush=True), **train_kwargs)
+
+
+def train_recorded(model, params, split, key, args: argparse.Namespace, *, source: str,
+                   epochs: int, alpha: float, batch_size: int, desc: str,
+                   snapshots: bool = False):
+    """``jaxnn.sgd.train`` on a ``jaxnn.data.Split`` with a progress bar, recording the test
+    accuracy (and, with ``snapshots``, a host copy of the parameters) after every epoch.
+
+    Returns (params, record) with record {"loss", "train_accuracy", "test_accuracy":
+    one value per epoch, "seconds": wall time including compilation, "snapshots": list of
+    parameter pytrees (empty unless asked for)}. Training starts from a copy of
+    ``params``: ``sgd.train`` donates its parameter buffers on GPU/TPU, and the caller's
+    arrays (say, one initialisation trained twice) must survive that.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnn import sgd
+
+    params = jax.tree.map(jnp.copy, params)
+
+    X_test, y_test = jnp.asarray(split.X_test), jnp.asarray(split.y_test)
+    accuracy = jax.jit(model.accuracy)
+    record = {"test_accuracy": [], "snapshots": []}
+
+    def after_epoch(epoch, params, opt_state, history):
+        record["test_accuracy"].append(float(accuracy(params, X_test, y_test)))
+        if snapshots:
+            record["snapshots"].append(jax.device_get(params))
+
+    bar, on_epoch = epoch_progress(args, epochs, desc, then=after_epoch)
+    with Timer() as t, bar:
+        params, history = sgd.train(
+            model, params, jnp.asarray(split.X_train), jnp.asarray(split.y_train), key=key,
+            alpha=alpha, epochs=epochs, batch_size=batch_size, source=source,
+            on_epoch=on_epoch)
+    record.update(loss=history["loss"], train_accuracy=history["accuracy"], seconds=t.seconds)
+    return params, record
