@@ -83,7 +83,7 @@ def gradient_errors(at_init: dict, trained: dict) -> dict:
                                                   trained["max_rel_elementwise"])}
 
 
-def run_task(task: str, split, args, key) -> dict:
+def run_task(task: str, split, args, key, folder=None) -> dict:
     """Train one task with the chosen gradient source(s); return params, records, summary."""
     from jaxnn import data
 
@@ -96,7 +96,7 @@ def run_task(task: str, split, args, key) -> dict:
     for source in sources:
         params[source], records[source] = common.train_recorded(
             net, init, split, key_train, args, source=source, desc=f"CNN {task} ({source})",
-            snapshots=len(sources) == 2, **cfg)
+            snapshots=len(sources) == 2, folder=folder, tag=f"{task}-{source}", **cfg)
     main = sources[0]
     summary = {
         "test_accuracy": records[main]["test_accuracy"][-1],
@@ -187,6 +187,7 @@ def plot_feature_maps(folder, task, run, index: int, limit: int = 8):
 def main(argv=None) -> dict:
     p = common.parser("cnn_images", __doc__)
     common.add_training_args(p, epochs=30, alpha=0.02, batch_size=16)
+    common.add_checkpoint_args(p)
     p.set_defaults(source="manual")
     p.add_argument("--patch-epochs", type=int, default=8, help="epochs on the colour patches")
     p.add_argument("--patch-alpha", type=float, default=0.05,
@@ -213,7 +214,7 @@ def main(argv=None) -> dict:
                     f"than the {len(split.y_train)} training examples")
     folder = common.run_dir(args, "cnn_images")
     key = jax.random.key(args.seed)
-    runs = {task: run_task(task, splits[task], args, key) for task in tasks}
+    runs = {task: run_task(task, splits[task], args, key, folder) for task in tasks}
     for task, run in runs.items():
         plot_filters(folder, task, run)
         # a colour patch with most contrast shows more than a patch of plain sky

@@ -441,13 +441,16 @@ def train_with_checkpoints(args: argparse.Namespace, folder: Path, model, params
 
 def train_recorded(model, params, split, key, args: argparse.Namespace, *, source: str,
                    epochs: int, alpha: float, batch_size: int, desc: str,
-                   snapshots: bool = False):
+                   snapshots: bool = False, folder: Path | None = None, tag: str | None = None):
     """``jaxnn.sgd.train`` on a ``jaxnn.data.Split`` with a progress bar, recording the test
     accuracy (and, with ``snapshots``, a host copy of the parameters) after every epoch.
 
     Returns (params, record) with record {"loss", "train_accuracy", "test_accuracy":
     one value per epoch, "seconds": wall time including compilation, "snapshots": list of
-    parameter pytrees (empty unless asked for)}. Training starts from a copy of
+    parameter pytrees (empty unless asked for)}. With a run ``folder``, training goes
+    through ``train_with_checkpoints`` (--checkpoint-every, --resume) with checkpoints
+    under folder/checkpoints/<tag or source>/; a resumed run records test accuracy for
+    the epochs it ran. Training starts from a copy of
     ``params``: ``sgd.train`` donates its parameter buffers on GPU/TPU, and the caller's
     arrays (say, one initialisation trained twice) must survive that.
     """
@@ -468,10 +471,19 @@ def train_recorded(model, params, split, key, args: argparse.Namespace, *, sourc
             record["snapshots"].append(jax.device_get(params))
 
     bar, on_epoch = epoch_progress(args, epochs, desc, then=after_epoch)
+    X_train, y_train = jnp.asarray(split.X_train), jnp.asarray(split.y_train)
+    kwargs = dict(alpha=alpha, epochs=epochs, batch_size=batch_size, source=source,
+                  on_epoch=on_epoch)
     with Timer() as t, bar:
-        params, history = sgd.train(
-            model, params, jnp.asarray(split.X_train), jnp.asarray(split.y_train), key=key,
-            alpha=alpha, epochs=epochs, batch_size=batch_size, source=source,
-            on_epoch=on_epoch)
+        if folder is None:
+            params, history = sgd.train(model, params, X_train, y_train, key=key, **kwargs)
+        else:
+            params, history = train_with_checkpoints(
+                args, folder, model, params, X_train, y_train, key=key, tag=tag or source,
+                **kwargs)
+    missing = len(history["loss"]) - len(record["test_accuracy"])  # epochs before a resume
+    record["test_accuracy"] = [float("nan")] * missing + record["test_accuracy"]
+    if missing and history["loss"]:
+        record["test_accuracy"][-1] = float(accuracy(params, X_test, y_test))
     record.update(loss=history["loss"], train_accuracy=history["accuracy"], seconds=t.seconds)
     return params, record

@@ -73,6 +73,7 @@ def plot(folder, runs, differences, title):
 def main(argv=None) -> dict:
     p = common.parser("mlp_digits", __doc__)
     common.add_training_args(p, epochs=30, alpha=0.5, batch_size=32)
+    common.add_checkpoint_args(p)
     p.add_argument("--hidden", type=int, default=128, help="hidden units n_1")
     p.add_argument("--data", default=None, metavar="PATH",
                    help="folder with MNIST's IDX files (train-images-idx3-ubyte, "
@@ -105,7 +106,7 @@ def main(argv=None) -> dict:
         _, runs[source] = common.train_recorded(
             net, init, split, key_train, args, source=source, epochs=args.epochs,
             alpha=args.alpha, batch_size=args.batch_size, desc=f"MLP ({source})",
-            snapshots=len(sources) == 2)
+            snapshots=len(sources) == 2, folder=folder)
 
     differences = []
     if len(sources) == 2:

@@ -161,3 +161,15 @@ def test_tour_runs_every_experiment_and_tabulates(tmp_path, smoke_runs, monkeypa
     assert ("notes_network", "max manual/autodiff rel. error (float32)") in quantities
     out = capsys.readouterr().out
     assert "Tour finished" in out and smoke_runs["mlp_digits"]["folder"] in out
+
+
+def test_mlp_digits_checkpoints_and_resume(tmp_path):
+    args = smoke(tmp_path, "--out", "r", "--checkpoint-every", "1", "--source", "manual")
+    first = mlp_digits.main(args)
+    folder = Path(first["folder"])
+    assert sorted(p.name for p in (folder / "checkpoints" / "manual").glob("*.npz"))
+    with pytest.raises(SystemExit):
+        mlp_digits.main(args)  # the folder exists: no silent overwrite
+    again = mlp_digits.main(args + ["--resume"])
+    assert again["folder"] == first["folder"]
+    assert again["summary"]["test_accuracy_manual"] == first["summary"]["test_accuracy_manual"]
