@@ -181,6 +181,11 @@ def check_config(alpha, epochs: int, batch_size: int, m: int, source: str) -> No
         raise ValueError(f"gradient source must be one of {SOURCES}, got {source!r}")
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _accuracy(model, params, X, Y):
+    return model.accuracy(params, X, Y)
+
+
 def train(
     model,
     params,
@@ -242,7 +247,7 @@ def train(
     history = _start_history(history, start_epoch)
     if _donate():  # each epoch donates its input buffers: keep the caller's arrays alive
         params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
-    accuracy = jax.jit(model.accuracy)
+    accuracy = functools.partial(_accuracy, model)
     alpha = jnp.asarray(alpha, jax.tree.leaves(params)[0].dtype)
     for e in range(start_epoch, epochs):
         params, opt_state, losses, bad = run_epoch(

@@ -28,6 +28,13 @@ def test_compare_trees_names_and_structure():
         gradcheck.compare_trees(tree, [tree[0]["W"]])
 
 
+def test_scaled_difference_ignores_entries_zero_up_to_rounding():
+    a = [jnp.array([1.0, 1e-20], jnp.float64)]
+    b = [jnp.array([1.0, 2e-20], jnp.float64)]
+    assert gradcheck.compare_trees(a, b)["[0]"] == 0.5
+    assert gradcheck.compare_trees_scaled(a, b)["[0]"] == 1e-20
+
+
 def test_detects_a_wrong_manual_gradient():
     net, params, X, Y = problem("tanh", "softmax", "softmax", 2)
 
@@ -40,6 +47,8 @@ def test_detects_a_wrong_manual_gradient():
     broken = Broken(net.sizes, net.hidden, net.output, net.loss_name)
     report = gradcheck.check(broken, params, X, Y)
     assert report.manual_vs_autodiff["[0]['b']"] > 9e-4
+    assert 9e-4 < report.manual_vs_autodiff_scaled["[0]['b']"] < 1.1e-3
+    assert report.manual_vs_autodiff_scaled["[0]['W']"] < 1e-13
     assert report.fd_vs_manual["[0]['b']"] > 9e-4
     assert report.fd_vs_autodiff["[0]['b']"] < 1e-6
 
