@@ -75,8 +75,15 @@ class CNN:
       dense: sizes of the dense layers after flattening, the last being n_N.
       hidden: g after every convolution and every hidden dense layer.
       output, loss_name: as for ``DenseNetwork``.
-      conv_method: "lax" (``lax.conv_general_dilated``) or "im2col" for the forward
-        and the hand-written backward convolutions.
+      conv_method: "im2col" (patches and one matrix product, the default) or "lax"
+        (``lax.conv_general_dilated``) for the forward and the hand-written backward
+        convolutions; ``jax.grad`` differentiates whichever forward is chosen. im2col
+        is the default because training runs the step inside ``lax.scan``: there
+        XLA's CPU backend runs the convolutions that ``jax.grad`` derives from a lax
+        convolution (∂L/∂W, with batch and channel axes swapped) on a generic path, about
+        ten times slower per step, while the im2col forward differentiates into matrix
+        products. A single step compiled on its own favours "lax" (see
+        ``experiments/benchmark.py`` and the README's Performance section).
     """
 
     input_shape: tuple[int, int, int]
@@ -85,7 +92,7 @@ class CNN:
     hidden: str = "relu"
     output: str = "softmax"
     loss_name: str = "softmax"
-    conv_method: str = "lax"
+    conv_method: str = "im2col"
 
     def __post_init__(self):
         shape = tuple(self.input_shape)

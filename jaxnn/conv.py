@@ -512,25 +512,29 @@ def _conv2d_backward_lax(x, W, delta, stride, pads):
     # The padding goes into the convolution (faster on XLA CPU than padding x first); the
     # bottom/right pad stops at H_used, W_used, and where unread rows make x̃ longer than
     # that, the extra taps p ≥ kh, q ≥ kw that come out are dropped.
+    # Both operands are transposed explicitly into the canonical NHWC / HWIO layouts
+    # (x as (c, r, s, n), δ as (i, j, n, o)) instead of reading them through dimension
+    # numbers: inside a lax.scan XLA's CPU backend keeps such a convolution in the
+    # layouts it was given and runs it on a generic path, many times slower.
     dW = lax.conv_general_dilated(
-        x,  # (n, r, s, c) read as C H W N
-        delta,  # (n, i, j, o) read as I H W O
+        x.transpose(3, 1, 2, 0),  # (c, r, s, n): c is the batch, n the feature
+        delta.transpose(1, 2, 0, 3),  # (i, j, n, o): the filter, n in, o out
         window_strides=(1, 1),
         padding=((top, max(H_used - H - top, 0)), (left, max(W_used - W_ - left, 0))),
         rhs_dilation=(sh, sw),
-        dimension_numbers=("CHWN", "IHWO", "HWNC"),
-    )[:kh, :kw]  # (p, q, c, o)
+        dimension_numbers=_DIMENSION_NUMBERS,
+    )[:, :kh, :kw].transpose(1, 2, 0, 3)  # (c, p, q, o) -> (p, q, c, o)
 
     # dx̃: δ with s − 1 zeros between entries (lhs_dilation), padded by kh − 1 on each side
     # (a full correlation), against the kernel flipped in both spatial axes with its
     # channel axes swapped (read as H W O I).
     dx_used = lax.conv_general_dilated(
         delta,
-        W[::-1, ::-1, :, :],
+        W[::-1, ::-1, :, :].transpose(0, 1, 3, 2),  # HWIO with I = C_out, O = C_in
         window_strides=(1, 1),
         padding=((kh - 1, kh - 1), (kw - 1, kw - 1)),
         lhs_dilation=(sh, sw),
-        dimension_numbers=("NHWC", "HWOI", "NHWC"),
+        dimension_numbers=_DIMENSION_NUMBERS,
     )  # (m, H_used, W_used, C_in)
     # Zero rows for the part of x̃ no window reads, then crop the padding off. Done as an
     # explicit pad and slice: folding it into the convolution as negative padding (as
@@ -654,16 +658,33 @@ def _pool_geometry(x_shape, window, stride):
 
 
 def _tiles(x: jax.Array, window: tuple[int, int]) -> jax.Array:
-    """(m, H, W, C) -> (m, H/wh, wh, W/ww, ww, C) when windows tile the image exactly."""
+    """(m, H, W, C) -> (m, H_out, wh, W_out, ww, C) for non-overlapping windows (stride = window).
+
+    The rows and columns that no VALID window reaches (H mod wh of them at the bottom,
+    W mod ww at the right) are cropped off first; the windows are then a reshape, with
+    no gather: window (i, j) is [:, i, :, j, :, :].
+    """
     m, H, W, C = x.shape
     wh, ww = window
-    return x.reshape(m, H // wh, wh, W // ww, ww, C)
+    H_out, W_out = H // wh, W // ww
+    return x[:, : H_out * wh, : W_out * ww, :].reshape(m, H_out, wh, W_out, ww, C)
 
 
-def _tiled(x_shape, window, stride) -> bool:
-    """Whether non-overlapping windows cover the image exactly (a reshape suffices)."""
-    _, H, W, _ = x_shape
-    return stride == window and H % window[0] == 0 and W % window[1] == 0
+def _untiles(t: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """The adjoint of `_tiles`: (m, H_out, wh, W_out, ww, C) -> (m, H, W, C).
+
+    The cropped rows and columns get zeros.
+    """
+    m, H_out, wh, W_out, ww, C = t.shape
+    (H, W) = size
+    x = t.reshape(m, H_out * wh, W_out * ww, C)
+    return jnp.pad(x, ((0, 0), (0, H - H_out * wh), (0, W - W_out * ww), (0, 0)))
+
+
+def _tiled(window, stride) -> bool:
+    """Whether the windows do not overlap and leave no gaps (stride = window): then a
+    crop and a reshape (`_tiles`) gather every window, the fast path of pooling."""
+    return tuple(stride) == tuple(window)
 
 
 def max_pool(x: ArrayLike, window: Pair, stride: Pair | None = None) -> jax.Array:
@@ -685,9 +706,10 @@ def max_pool(x: ArrayLike, window: Pair, stride: Pair | None = None) -> jax.Arra
 
 @partial(jax.jit, static_argnames=("window", "stride"))
 def _max_pool(x, window, stride):
-    if _tiled(x.shape, window, stride):
+    if _tiled(window, stride):
         return jnp.max(_tiles(x, window), axis=(2, 4))
-    # A concrete -inf lets lax recognise a max pool, which jax.grad can differentiate.
+    # Overlapping or gapped windows. A concrete -inf lets lax recognise a max pool, which
+    # jax.grad can differentiate.
     init = np.array(-np.inf, dtype=x.dtype)
     return lax.reduce_window(x, init, lax.max, (1, *window, 1), (1, *stride, 1), "VALID")
 
@@ -702,9 +724,14 @@ def max_pool_backward(
     Only the winning entry influences the output, so it receives the whole δ; the other
     entries of the window receive nothing. Tie rule: when several entries share the
     maximum, the FIRST in row-major window order (top row first, then left to right)
-    receives all of δ. (`jax.grad` of `lax.reduce_window` may split or place ties
-    differently; away from ties the two agree.) With overlapping windows an entry that
+    receives all of δ. (`jax.grad` of `max_pool` splits ties evenly when stride = window,
+    a max over a reshape, and may place them differently through `lax.reduce_window`
+    otherwise; away from ties the two agree.) With overlapping windows an entry that
     wins several windows collects the sum of their δ.
+
+    When stride = window the windows are a crop and a reshape of x, and δ is routed by
+    comparing each window's first argmax with the cell index: elementwise work only.
+    Otherwise the windows are gathered with strided slices and δ placed back with pads.
 
     Args:
       x: (m, H, W, C), the layer's input.
@@ -723,10 +750,19 @@ def max_pool_backward(
 
 @partial(jax.jit, static_argnames=("window", "stride"))
 def _max_pool_backward(x, delta, window, stride):
-    (wh, ww), (_, H_out, W_out, _) = window, delta.shape
-    windows = _patches(x, wh, ww, (H_out, W_out), stride)  # (m, H_out, W_out, wh·ww, C)
-    winner = jnp.argmax(windows, axis=3)  # jnp.argmax returns the first maximum
+    (wh, ww), (m, H_out, W_out, C) = window, delta.shape
     zero = jnp.zeros((), x.dtype)
+    if _tiled(window, stride):
+        # Windows are a reshape: put each window's wh·ww cells last, take the first
+        # argmax, route δ to it, and reshape back (no gather or scatter).
+        cells = _tiles(x, window).transpose(0, 1, 3, 5, 2, 4).reshape(m, H_out, W_out, C, -1)
+        winner = jnp.argmax(cells, axis=-1)  # jnp.argmax returns the first maximum
+        cell = jnp.arange(wh * ww).reshape(1, 1, 1, 1, -1)
+        routed = jnp.where(winner[..., None] == cell, delta[..., None], zero)
+        tiles = routed.reshape(m, H_out, W_out, C, wh, ww).transpose(0, 1, 4, 2, 5, 3)
+        return _untiles(tiles, x.shape[1:3])
+    windows = _patches(x, wh, ww, (H_out, W_out), stride)  # (m, H_out, W_out, wh·ww, C)
+    winner = jnp.argmax(windows, axis=3)
     return sum(
         _place(jnp.where(winner == p * ww + q, delta, zero), p, q, stride, x.shape[1:3])
         for p in range(wh)
@@ -746,7 +782,7 @@ def avg_pool(x: ArrayLike, window: Pair, stride: Pair | None = None) -> jax.Arra
 
 @partial(jax.jit, static_argnames=("window", "stride"))
 def _avg_pool(x, window, stride):
-    if _tiled(x.shape, window, stride):
+    if _tiled(window, stride):
         return jnp.mean(_tiles(x, window), axis=(2, 4))
     total = lax.reduce_window(
         x, np.zeros((), x.dtype), lax.add, (1, *window, 1), (1, *stride, 1), "VALID"
@@ -782,6 +818,10 @@ def avg_pool_backward(
 def _avg_pool_backward(delta, size, window, stride):
     (wh, ww) = window
     share = delta / (wh * ww)
+    if _tiled(window, stride):
+        m, H_out, W_out, C = delta.shape
+        tiles = jnp.broadcast_to(share[:, :, None, :, None, :], (m, H_out, wh, W_out, ww, C))
+        return _untiles(tiles, size)
     return sum(_place(share, p, q, stride, size) for p in range(wh) for q in range(ww))
 
 

@@ -1,0 +1,859 @@
+"""How fast is a training step, and how close does it come to the machine's matrix products?
+
+Question: a training step (forward, gradient, update W ← W − α ∂L/∂W under one ``jit``,
+``sgd.make_step``) can take its gradient from the hand-written δ recursion ("manual") or
+from ``jax.grad`` ("autodiff"). How long does each take on five workloads, how many of
+the machine's GEMM FLOP/s does it reach, what does running an epoch as one ``lax.scan``
+(``sgd.run_epoch``) save over calling the jitted step from Python, and how much memory
+does training take beyond the parameters and activations?
+
+Workloads (float32, ReLU hidden layers, softmax output with the softmax loss on integer
+labels, explicit SGD, synthetic data):
+
+    mlp_small  64-128-10, batch 32
+    mlp_mnist  784-512-512-10, batch 128
+    mlp_wide   4096-4096-4096-10, batch 512 (bound by its matrix products)
+    cnn_small  28x28x1 -> conv 3x3x32 -> relu -> 2x2 max-pool -> conv 3x3x64 -> relu
+               -> 2x2 max-pool -> dense 10, batch 64
+    cnn_color  64x64x3 -> conv 4x4x16 -> relu -> 2x2 max-pool -> conv 3x3x32 -> relu
+               -> 2x2 max-pool -> dense 2, batch 32
+
+Contenders, timed interleaved in one process (every repeat runs each contender once, in
+a rotating order, so a slow moment of a shared machine hits all alike); the figures are
+medians over repeats, and compilation is timed apart. The manual/autodiff pair (with the
+GEMM for mlp_wide) is one group; numpy and torch form a second group with the manual
+step as its anchor, since their worker threads, spinning after each call, would slow
+whichever JAX step came next:
+
+    manual / autodiff      one compiled step (forward, gradient, update)
+    numpy                  the same step written in numpy (dense workloads but mlp_wide),
+                           with the BLAS's threads and with one (threadpoolctl); the
+                           faster of the two is the reference
+    torch                  PyTorch eager with autograd (with --peers): on the CPU with its
+                           threads and with one, the faster counts; on CUDA when JAX runs
+                           on a GPU
+    scan / loop            an epoch of 50 steps as one lax.scan (manual and autodiff),
+                           or as 50 calls of the compiled manual step from Python
+                           (contiguous minibatches); not for mlp_wide
+    scan floor             (mlp_small) the same scan whose body only gathers the
+                           minibatch: the cost of the loop itself
+    conv_method            (CNNs) step and 10-step scan of both gradients with each
+                           ``CNN.conv_method``, im2col (the default) and lax
+    GEMM 2048              jnp.dot of two 2048x2048 float32 matrices: the ceiling,
+                           interleaved with the mlp_wide steps (else timed alone)
+
+FLOP counting rule (``step_flops``): only matrix products and convolutions count, 2
+FLOPs per multiply-add. A dense layer n_in -> n_out on m examples is one GEMM of
+2·m·n_in·n_out forward and two backward (∂L/∂W = Δᵀ A and the input gradient Δ W),
+except that the network's first layer has no input gradient. A convolution counts
+2·(m·H_out·W_out·C_out)·(kh·kw·C_in) per GEMM-equivalent, forward once and backward
+twice, likewise. Biases, activations, pooling, the loss and the update are not counted.
+
+Memory: one subprocess imports jax (the baseline), one also compiles an epoch of the
+memory workload, one runs it; the peak resident set of each comes from
+``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` and is set against the parameters,
+the optimiser state (none for explicit SGD) and one batch's activations.
+
+Expected (2 CPU cores): manual and autodiff within a few percent of each other on every
+workload (XLA compiles both to the same matrix products; single runs scatter by about
+±8% on a shared machine); mlp_wide at about the GEMM ceiling; mlp_small bound by
+per-operation overheads: its scanned step beats numpy's, but only by about 1.3x the
+Python loop's, since JAX's asynchronous dispatch already hides most of the loop's
+Python cost and the scan's own floor (loop and minibatch gather) is about a quarter of
+a step. The CNNs run well below the ceiling (small convolutions, im2col copies); a
+single compiled CNN step touches fresh memory every call (minor page faults, reported),
+which the scanned epoch, reusing its buffers, avoids. Targets the run reports, never
+asserts: manual <= 1.05x autodiff on every workload; mlp_wide >= 80% of the GEMM
+ceiling; mlp_small's scanned step faster than numpy's and >= 3x faster than the
+Python loop's.
+
+``--quick`` (about a minute on 2 cores) skips mlp_wide, the memory measurement and
+the conv_method comparison, and times epochs of 10 steps; ``--smoke`` runs a couple of
+steps of each workload (mlp_wide made narrow) and makes no timing claims. ``--peers``
+adds PyTorch; it exits with status 2 when torch cannot be imported.
+"""
+
+import math
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from experiments import common
+
+ROOT = Path(__file__).resolve().parent.parent
+GEMM_N = 2048
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A workload: dense sizes, or a CNN's input shape, feature layers and dense sizes."""
+
+    name: str
+    batch: int
+    sizes: tuple[int, ...] = ()
+    input_shape: tuple[int, int, int] | None = None
+    layers: tuple = ()  # ("conv", filters, kernel) and ("max_pool", window)
+    epoch: bool = True  # time scan vs loop epochs
+    numpy: bool = False  # time the numpy step
+
+    @property
+    def is_cnn(self) -> bool:
+        return self.input_shape is not None
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("mlp_small", 32, (64, 128, 10), numpy=True),
+        Workload("mlp_mnist", 128, (784, 512, 512, 10), numpy=True),
+        Workload("mlp_wide", 512, (4096, 4096, 4096, 10), epoch=False),
+        Workload("cnn_small", 64, (10,), (28, 28, 1),
+                 (("conv", 32, 3), ("max_pool", 2), ("conv", 64, 3), ("max_pool", 2))),
+        Workload("cnn_color", 32, (2,), (64, 64, 3),
+                 (("conv", 16, 4), ("max_pool", 2), ("conv", 32, 3), ("max_pool", 2))),
+    )
+}
+SMOKE_SIZES = {"mlp_wide": ((512, 512, 512, 10), 64)}
+
+
+def workload(name: str, smoke: bool = False) -> Workload:
+    """The named workload; with smoke=True mlp_wide shrinks to 512 wide, batch 64."""
+    w = WORKLOADS[name]
+    if smoke and name in SMOKE_SIZES:
+        sizes, batch = SMOKE_SIZES[name]
+        w = Workload(w.name, batch, sizes, epoch=w.epoch, numpy=w.numpy)
+    return w
+
+
+def build(w: Workload, dtype, seed: int, n_batches: int = 1):
+    """(model, params, X, Y): He-initialised parameters and n_batches·batch synthetic examples."""
+    import jax
+
+    from jaxnn import DenseNetwork
+    from jaxnn.cnn import CNN, Conv, MaxPool
+
+    if w.is_cnn:
+        layers = [Conv(spec[1], spec[2]) if spec[0] == "conv" else MaxPool(spec[1])
+                  for spec in w.layers]
+        model = CNN(w.input_shape, layers, w.sizes, "relu", "softmax", "softmax")
+        x_shape = w.input_shape
+    else:
+        model = DenseNetwork(w.sizes, "relu", "softmax", "softmax")
+        x_shape = (w.sizes[0],)
+    k_init, k_x, k_y = jax.random.split(jax.random.key(seed), 3)
+    params = model.init(k_init, "he", dtype)
+    m = n_batches * w.batch
+    X = jax.random.normal(k_x, (m, *x_shape), dtype)
+    Y = jax.random.randint(k_y, (m,), 0, model.dense[-1] if w.is_cnn else w.sizes[-1])
+    return model, params, X, Y
+
+
+def layer_shapes(w: Workload) -> list[tuple]:
+    """("conv", out elements per example, kernel volume) or ("dense", n_in, n_out), in order."""
+    shapes = []
+    if w.is_cnn:
+        H, W_, C = w.input_shape
+        for spec in w.layers:
+            if spec[0] == "conv":
+                k = spec[2]
+                H, W_ = H - k + 1, W_ - k + 1
+                shapes.append(("conv", H * W_ * spec[1], k * k * C))
+                C = spec[1]
+            else:
+                H, W_ = H // spec[1], W_ // spec[1]
+        sizes = (H * W_ * C, *w.sizes)
+    else:
+        sizes = w.sizes
+    shapes += [("dense", n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)]
+    return shapes
+
+
+def step_flops(w: Workload) -> dict:
+    """FLOPs of one step by the counting rule of the module docstring."""
+    forward = backward = 0
+    for l, (_, a, b) in enumerate(layer_shapes(w)):
+        gemm = 2 * w.batch * a * b
+        forward += gemm
+        backward += gemm if l == 0 else 2 * gemm
+    return {"forward": forward, "backward": backward, "total": forward + backward}
+
+
+def activation_bytes(w: Workload, itemsize: int) -> int:
+    """Bytes of one batch's input, z^[l] and a^[l] of every layer (what backprop keeps)."""
+    total = w.batch * (math.prod(w.input_shape) if w.is_cnn else w.sizes[0])
+    for kind, a, b in layer_shapes(w):
+        total += 2 * w.batch * (a if kind == "conv" else b)
+    return total * itemsize
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def interleave(contenders: dict[str, Callable], repeats: int, *, min_sample: float = 0.02,
+               warmup: int = 1, settle: float = 0.01) -> dict[str, list[float]]:
+    """Seconds per call of each zero-argument contender, sampled interleaved.
+
+    Each contender runs ``warmup`` times untimed, then once more to choose how many calls
+    one sample takes (enough for ``min_sample`` seconds). Every repeat then takes one
+    sample of each contender, starting from a different one each time, after a pause of
+    ``settle`` seconds: XLA's, OpenBLAS's and OpenMP's worker threads spin for a while
+    after their last task, and would otherwise take the cores from the next contender.
+    A contender's result is waited for with ``jax.block_until_ready`` (numpy and torch
+    results pass through unchanged).
+    """
+    import jax
+
+    names = list(contenders)
+    number = {}
+    for name in names:
+        for _ in range(warmup):
+            jax.block_until_ready(contenders[name]())
+        start = time.perf_counter()
+        jax.block_until_ready(contenders[name]())
+        number[name] = max(1, math.ceil(min_sample / max(time.perf_counter() - start, 1e-9)))
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            time.sleep(settle)
+            start = time.perf_counter()
+            for _ in range(number[name]):
+                jax.block_until_ready(contenders[name]())
+            samples[name].append((time.perf_counter() - start) / number[name])
+    return samples
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over repeats of a_r / b_r: paired samples taken close together."""
+    return float(np.median(np.asarray(a) / np.asarray(b)))
+
+
+class Trainer:
+    """A compiled step applied to its own evolving (params, opt_state), one call per step.
+
+    Feeding the outputs back keeps the call valid where the step donates its inputs (GPU).
+    """
+
+    def __init__(self, compiled, params, opt_state, batches, alpha):
+        self.compiled, self.params, self.opt_state = compiled, params, opt_state
+        self.batches, self.alpha = batches, alpha
+
+    def step(self):
+        X, Y = self.batches[0]
+        self.params, self.opt_state, loss = self.compiled(self.params, self.opt_state, X, Y,
+                                                          self.alpha)
+        return self.params, loss
+
+    def loop(self):
+        for X, Y in self.batches:
+            self.params, self.opt_state, loss = self.compiled(self.params, self.opt_state, X, Y,
+                                                              self.alpha)
+        return self.params, loss
+
+
+def compile_step(model, source, params, X, Y, alpha):
+    """(compiled ``sgd.make_step``, compile seconds, XLA cost, HLO op counts)."""
+    from jaxnn import sgd
+
+    compiled, seconds = common.timed_compile(sgd.make_step(model, source), params, (), X, Y,
+                                             alpha)
+    return compiled, seconds, common.xla_cost(compiled), common.hlo_ops(compiled)
+
+
+def scan_contender(w, model, source, params, X, Y, alpha):
+    """(an epoch over X as one compiled lax.scan of ``source`` steps, its compile seconds).
+
+    The epoch function ``sgd.run_epoch`` uses (the donating one off the CPU), compiled
+    ahead; each call continues from the parameters the previous call returned.
+    """
+    import jax
+
+    from jaxnn import sgd
+
+    epoch_fn = sgd.epoch_cpu if jax.default_backend() == "cpu" else sgd.epoch_donating
+    static = {"model": model, "source": source, "optimizer": None, "batch_size": w.batch}
+    key = jax.random.key(0)
+    scan, seconds = common.timed_compile(epoch_fn, params, (), X, Y, key, alpha, **static)
+    state = {"params": copy_of(params), "opt_state": ()}
+
+    def epoch():
+        state["params"], state["opt_state"], losses, _ = scan(state["params"], state["opt_state"],
+                                                               X, Y, key, alpha)
+        return state["params"], losses
+
+    return epoch, seconds
+
+
+def epoch_contenders(w, model, params, X, Y, alpha, steps: int, step) -> tuple[dict, dict]:
+    """Scan epochs (manual, autodiff), the Python-loop epoch, and for mlp_small the floor.
+
+    ``step`` is the compiled manual step, which the Python loop calls ``steps`` times on
+    contiguous minibatches.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnn import sgd
+
+    contenders, compile_s = {}, {}
+    for source, name in (("manual", "scan"), ("autodiff", "scan autodiff")):
+        contenders[name], compile_s[name] = scan_contender(w, model, source, params, X, Y, alpha)
+    batches = [(X[i * w.batch:(i + 1) * w.batch], Y[i * w.batch:(i + 1) * w.batch])
+               for i in range(steps)]
+    contenders["loop"] = Trainer(step, copy_of(params), (), batches, alpha).loop
+    if w.name == "mlp_small":
+        key = jax.random.key(0)
+
+        def floor_body(carry, idx):
+            return carry, jnp.sum(X[idx]) + jnp.sum(Y[idx]).astype(X.dtype)
+
+        @jax.jit
+        def floor(params, X, Y, key):
+            batches = sgd.batch_indices(key, X.shape[0], w.batch)
+            return jax.lax.scan(floor_body, params, batches)
+
+        floor_c, compile_s["scan floor"] = common.timed_compile(floor, params, X, Y, key)
+        contenders["scan floor"] = lambda: floor_c(params, X, Y, key)
+    return contenders, compile_s
+
+
+def conv_method_contenders(w, model, params, X, Y, alpha) -> tuple[dict, dict]:
+    """For a CNN: step and scanned epoch of both sources with each conv_method.
+
+    The evidence for the training default: with "lax", the convolutions ``jax.grad``
+    derives keep swapped batch/channel layouts, which XLA's CPU backend runs on a
+    generic path inside a lax.scan.
+    """
+    import dataclasses
+
+    contenders, compile_s = {}, {}
+    Xb, Yb = X[: w.batch], Y[: w.batch]
+    for method in ("im2col", "lax"):
+        variant = dataclasses.replace(model, conv_method=method)
+        for source in ("manual", "autodiff"):
+            name = f"{method} {source}"
+            compiled, compile_s[f"{name} step"], _, _ = compile_step(variant, source, params,
+                                                                     Xb, Yb, alpha)
+            contenders[f"{name} step"] = Trainer(compiled, copy_of(params), (), [(Xb, Yb)],
+                                                 alpha).step
+            contenders[f"{name} scan"], compile_s[f"{name} scan"] = scan_contender(
+                w, variant, source, params, X, Y, alpha)
+    return contenders, compile_s
+
+
+def minor_faults(fn: Callable, calls: int = 3) -> float:
+    """Minor page faults per call of fn (memory the process touches for the first time)."""
+    import jax
+
+    jax.block_until_ready(fn())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        jax.block_until_ready(fn())
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def gemm_contender(dtype):
+    """(compiled jnp.dot of two GEMM_N x GEMM_N matrices, its FLOPs)."""
+    import jax
+    import jax.numpy as jnp
+
+    k_a, k_b = jax.random.split(jax.random.key(1))
+    A = jax.random.normal(k_a, (GEMM_N, GEMM_N), dtype)
+    B = jax.random.normal(k_b, (GEMM_N, GEMM_N), dtype)
+    compiled = jax.jit(jnp.dot).lower(A, B).compile()
+    return (lambda: compiled(A, B)), 2 * GEMM_N**3
+
+
+# --------------------------------------------------------------------------- references
+
+
+def numpy_step(params, X, Y, alpha: float) -> Callable:
+    """The manual step in numpy, updating its own copy of params in place; returns a callable.
+
+    Z^[l]ᵀ = A^[l-1]ᵀ W^[l]ᵀ + b^[l]ᵀ, ReLU, softmax loss; Δ^[N] = softmax(Z^[N]) − e_y,
+    Δ^[l] = (Δ^[l+1] W^[l+1]) ∘ 1[Z^[l] > 0], W^[l] −= α Δ^[l]ᵀ A^[l-1] / m, b likewise.
+    """
+    Ws = [np.array(p["W"]) for p in params]
+    bs = [np.array(p["b"]) for p in params]
+    X, Y = np.asarray(X), np.asarray(Y)
+    m, rows = X.shape[0], np.arange(X.shape[0])
+    alpha = X.dtype.type(alpha)
+
+    def step():
+        As, Zs = [X], []
+        for l, (W, b) in enumerate(zip(Ws, bs, strict=True)):
+            Z = As[-1] @ W.T + b
+            Zs.append(Z)
+            As.append(np.maximum(Z, 0) if l < len(Ws) - 1 else Z)
+        Z = Zs[-1]
+        shifted = Z - Z.max(axis=1, keepdims=True)
+        expz = np.exp(shifted)
+        total = expz.sum(axis=1, keepdims=True)
+        loss = float(np.mean(np.log(total[:, 0]) - shifted[rows, Y]))
+        Delta = expz / total
+        Delta[rows, Y] -= 1
+        for l in range(len(Ws), 0, -1):
+            dW = Delta.T @ As[l - 1] / m
+            db = Delta.sum(axis=0) / m
+            if l > 1:
+                Delta = (Delta @ Ws[l - 1]) * (Zs[l - 2] > 0)
+            Ws[l - 1] -= alpha * dW
+            bs[l - 1] -= alpha * db
+        return loss
+
+    return step
+
+
+def numpy_contenders(params, X, Y, alpha: float) -> dict[str, Callable]:
+    """The numpy step with the BLAS's own threads, and (with threadpoolctl) with one thread.
+
+    On a small, shared machine OpenBLAS's threads can cost more than they bring; the
+    faster of the two is the reference.
+    """
+    contenders = {"numpy": numpy_step(params, X, Y, alpha)}
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return contenders
+    blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    if not blas:
+        return contenders
+    one = numpy_step(params, X, Y, alpha)
+
+    def single_thread():
+        threads = [lib.num_threads for lib in blas]
+        for lib in blas:
+            lib.set_num_threads(1)
+        try:
+            return one()
+        finally:
+            for lib, n in zip(blas, threads, strict=True):
+                lib.set_num_threads(n)
+
+    contenders["numpy 1 thread"] = single_thread
+    return contenders
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torch_step(w: Workload, model, params, X, Y, alpha: float) -> tuple[Callable, float]:
+    """(PyTorch eager step on the same workload and parameters, its loss at the start).
+
+    Autograd gradient, then p −= α ∂L/∂p under no_grad. Images are NCHW for torch; the
+    feature map is flattened in (H, W, C) order, as ``conv.flatten`` does, so that the
+    function (and its starting loss) equals the JAX model's. Runs on the CPU, or on CUDA
+    when JAX runs on a GPU and torch sees one; reading the loss waits for the step.
+    """
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    device = torch.device("cpu" if _torch_on_cpu(X) else "cuda")
+
+    def tensor(a):
+        return torch.from_numpy(np.array(a)).to(device).requires_grad_(True)
+
+    dense_params = params["dense"] if w.is_cnn else params
+    conv_W = [tensor(np.transpose(np.asarray(p["W"]), (3, 2, 0, 1))) for p in
+              (params["conv"] if w.is_cnn else [])]
+    conv_b = [tensor(p["b"]) for p in (params["conv"] if w.is_cnn else [])]
+    dense_W = [tensor(p["W"]) for p in dense_params]
+    dense_b = [tensor(p["b"]) for p in dense_params]
+    all_params = conv_W + conv_b + dense_W + dense_b
+    x = torch.from_numpy(np.array(X)).to(device)
+    if w.is_cnn:
+        x = x.permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(np.array(Y)).long().to(device)
+
+    def loss_fn():
+        a, convs = x, iter(zip(conv_W, conv_b, strict=True))
+        for spec in w.layers:
+            if spec[0] == "conv":
+                W, b = next(convs)
+                a = torch.relu(F.conv2d(a, W, b))
+            else:
+                a = F.max_pool2d(a, spec[1])
+        if w.is_cnn:
+            a = a.permute(0, 2, 3, 1).flatten(1)
+        for l, (W, b) in enumerate(zip(dense_W, dense_b, strict=True)):
+            a = F.linear(a, W, b)
+            if l < len(dense_W) - 1:
+                a = torch.relu(a)
+        return F.cross_entropy(a, y)
+
+    with torch.no_grad():
+        start_loss = float(loss_fn())
+
+    def step():
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, all_params)
+        with torch.no_grad():
+            for p, g in zip(all_params, grads, strict=True):
+                p.sub_(alpha * g)
+        return float(loss.detach())
+
+    return step, start_loss
+
+
+def torch_contenders(w, model, params, X, Y, alpha: float) -> tuple[dict, float]:
+    """PyTorch steps with its default intra-op threads and (on the CPU) with one thread."""
+    import torch
+
+    default_step, start_loss = torch_step(w, model, params, X, Y, alpha)
+    contenders = {"torch": default_step}
+    if _torch_on_cpu(X):
+        one_step, _ = torch_step(w, model, params, X, Y, alpha)
+        threads = torch.get_num_threads()
+
+        def single_thread():
+            torch.set_num_threads(1)
+            try:
+                return one_step()
+            finally:
+                torch.set_num_threads(threads)
+
+        contenders["torch 1 thread"] = single_thread
+    return contenders, start_loss
+
+
+def _torch_on_cpu(X) -> bool:
+    """Whether torch runs on the CPU: unless JAX's data is on a GPU and torch sees CUDA."""
+    import torch
+
+    on_gpu = any(d.platform == "gpu" for d in X.devices())
+    return not (on_gpu and torch.cuda.is_available())
+
+
+# --------------------------------------------------------------------------- memory
+
+_CHILD = """
+import json, sys
+import jax, jax.numpy as jnp
+from experiments import benchmark
+from jaxnn import sgd
+name, mode, dtype, device, smoke = sys.argv[1:6]
+if dtype == "float64":
+    jax.config.update("jax_enable_x64", True)
+if device != "default":
+    jax.config.update("jax_default_device", jax.devices(device)[0])
+jnp.zeros(1).block_until_ready()
+out = {}
+if mode != "baseline":
+    w = benchmark.workload(name, smoke == "1")
+    model, params, X, Y = benchmark.build(w, jnp.dtype(dtype), 0, n_batches=2)
+    alpha = jnp.asarray(0.01, dtype)
+    args = (params, (), X, Y, jax.random.key(0), alpha)
+    static = dict(model=model, source="manual", optimizer=None, batch_size=w.batch)
+    if mode == "compile":
+        sgd.epoch_cpu.lower(*args, **static).compile()
+    else:
+        params, _, losses, _ = sgd.run_epoch(*args, **static)
+        jax.block_until_ready(params)
+        out["loss"] = float(losses[-1])
+stats = jax.devices()[0].memory_stats() or {}
+out["device_peak_bytes"] = stats.get("peak_bytes_in_use")
+print(json.dumps(out))
+"""
+
+
+def _child_peak(name: str, mode: str, args) -> tuple[int, dict]:
+    """Run one memory child; (RUSAGE_CHILDREN ru_maxrss in bytes afterwards, its output)."""
+    import json
+
+    device = args.device or "default"
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, name, mode, args.dtype, device, "1" if args.smoke else "0"],
+        cwd=ROOT, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child ({mode}) failed:\n{proc.stderr[-2000:]}")
+    kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return kib * 1024, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def memory(name: str, args) -> dict:
+    """Peak RSS of a training epoch (2 steps) of workload ``name`` against what it must hold.
+
+    RUSAGE_CHILDREN reports the largest child so far, so the children run from smallest
+    to largest: jax imported (baseline), the epoch compiled, the epoch run.
+    """
+    w = workload(name, args.smoke)
+    itemsize = np.dtype(args.dtype).itemsize
+    params_bytes = sum(a * b + b for _, a, b in layer_shapes(w) if _ == "dense") * itemsize
+    if w.is_cnn:
+        raise ValueError("memory is measured on dense workloads")
+    baseline, _ = _child_peak(name, "baseline", args)
+    compiled, _ = _child_peak(name, "compile", args)
+    trained, out = _child_peak(name, "train", args)
+    activations = activation_bytes(w, itemsize)
+    needed = params_bytes + activations  # explicit SGD keeps no optimiser state
+    data = 2 * w.batch * (w.sizes[0] * itemsize + 4)
+    extra = trained - baseline
+    return {
+        "workload": name, "baseline_rss": baseline, "compile_peak_rss": compiled,
+        "train_peak_rss": trained, "extra_rss": extra, "compile_extra_rss": compiled - baseline,
+        "params_bytes": params_bytes, "opt_state_bytes": 0, "activation_bytes": activations,
+        "data_bytes": data, "needed_bytes": needed, "ratio_extra_to_needed": extra / needed,
+        "device_peak_bytes": out.get("device_peak_bytes"),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def copy_of(params):
+    """A fresh copy of params, so that a step that donates its inputs (GPU) owns them."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(jnp.array, params)
+
+
+def run_workload(w: Workload, args, dtype, ceiling=None) -> dict:
+    """Compile and time every contender of one workload; returns its results."""
+    import jax.numpy as jnp
+
+    steps = 2 if args.smoke else args.epoch_steps
+    model, params, X, Y = build(w, dtype, args.seed, n_batches=steps if w.epoch else 1)
+    Xb, Yb = X[: w.batch], Y[: w.batch]
+    alpha = jnp.asarray(args.alpha, dtype)
+    flops = step_flops(w)
+    out = {"batch": w.batch, "flops": flops, "compile_seconds": {}, "xla": {}, "hlo_ops": {}}
+    steps_c, compiled_steps = {}, {}
+    for source in ("manual", "autodiff"):
+        compiled, seconds, cost, ops = compile_step(model, source, params, Xb, Yb, alpha)
+        out["compile_seconds"][source] = seconds
+        compiled_steps[source] = compiled
+        out["xla"][source] = cost
+        out["hlo_ops"][source] = {"entry": ops["entry"], "total": ops["total"],
+                                  **{k: ops["by_opcode"].get(k, 0) for k in (
+                                      "dot", "convolution", "transpose", "copy", "scatter",
+                                      "reduce-window", "select-and-scatter", "fusion")}}
+        steps_c[source] = Trainer(compiled, copy_of(params), (), [(Xb, Yb)], alpha).step
+    if ceiling is not None:
+        steps_c["gemm"] = ceiling[0]
+    samples = interleave(steps_c, args.repeats, min_sample=0.05)
+    # The references run in a group of their own, with the manual step as an anchor:
+    # numpy's and torch's worker threads would otherwise disturb the manual/autodiff pair.
+    references = {}
+    if w.numpy:
+        references.update(numpy_contenders(params, Xb, Yb, args.alpha))
+    if args.peers:
+        peers, start = torch_contenders(w, model, params, Xb, Yb, args.alpha)
+        references.update(peers)
+        out["torch_start_loss_vs_jax"] = abs(start - float(model.loss(params, Xb, Yb)))
+    if references:
+        references["manual (with references)"] = steps_c["manual"]
+        samples.update(interleave(references, args.repeats))
+    faults = {k: steps_c[k] for k in ("manual", "autodiff")}
+    if w.epoch:
+        epochs, compile_s = epoch_contenders(w, model, params, X, Y, alpha, steps,
+                                             compiled_steps["manual"])
+        out["compile_seconds"].update({f"epoch {k}": v for k, v in compile_s.items()})
+        samples.update({f"epoch {k}": v for k, v in
+                        interleave(epochs, args.epoch_repeats).items()})
+        faults.update({f"epoch {k}": epochs[k] for k in ("scan", "scan autodiff")})
+    out["minor_faults_per_step"] = {
+        k: minor_faults(fn, 1 if args.smoke else 3) / (steps if k.startswith("epoch") else 1)
+        for k, fn in faults.items()}
+    if w.is_cnn and args.conv_methods:
+        n = min(steps, args.method_steps)
+        methods, compile_s = conv_method_contenders(w, model, params, X[: n * w.batch],
+                                                    Y[: n * w.batch], alpha)
+        out["compile_seconds"].update({f"method {k}": v for k, v in compile_s.items()})
+        per_call = interleave(methods, args.epoch_repeats)
+        out["conv_methods_seconds_per_step"] = {
+            k: float(np.median(v)) / (n if k.endswith("scan") else 1) for k, v in per_call.items()}
+    out["samples"] = samples
+    out["median_seconds"] = {k: float(np.median(v)) for k, v in samples.items()}
+    med = out["median_seconds"]
+    out["manual_over_autodiff"] = median_ratio(samples["manual"], samples["autodiff"])
+    out["manual_over_autodiff_of_medians"] = med["manual"] / med["autodiff"]
+    out["gflops"] = {k: flops["total"] / med[k] / 1e9 for k in (*steps_c, *references)
+                     if k != "gemm"}
+    if ceiling is not None:
+        out["gemm_gflops"] = ceiling[1] / med["gemm"] / 1e9
+    for peer in ("numpy", "torch"):
+        options = [k for k in (peer, f"{peer} 1 thread") if k in med]
+        if options:
+            out[f"{peer}_best_seconds"] = min(med[k] for k in options)
+    if w.epoch:
+        out["per_step_seconds"] = {k: med[f"epoch {k}"] / steps for k in epochs}
+        out["loop_over_scan"] = median_ratio(samples["epoch loop"], samples["epoch scan"])
+        out["scan_manual_over_autodiff"] = median_ratio(samples["epoch scan"],
+                                                        samples["epoch scan autodiff"])
+        if "numpy" in med:
+            out["numpy_over_scan_step"] = (out["numpy_best_seconds"]
+                                           / out["per_step_seconds"]["scan"])
+    return out
+
+
+def targets(results: dict, ceiling_gflops: float) -> list[dict]:
+    """Every target of the benchmark with its measured value and whether it was met."""
+    rows = []
+    for name, r in results.items():
+        rows.append({"target": f"{name}: manual step <= 1.05x autodiff (median ratio)",
+                     "value": r["manual_over_autodiff"],
+                     "met": r["manual_over_autodiff"] <= 1.05})
+    if "mlp_wide" in results:
+        r = results["mlp_wide"]
+        ceiling = r.get("gemm_gflops", ceiling_gflops)
+        for source in ("manual", "autodiff"):
+            share = r["gflops"][source] / ceiling
+            rows.append({"target": f"mlp_wide: {source} step >= 80% of the GEMM ceiling",
+                         "value": share, "met": share >= 0.8})
+    if "mlp_small" in results and "per_step_seconds" in results["mlp_small"]:
+        r = results["mlp_small"]
+        rows.append({"target": "mlp_small: numpy step / scanned step > 1",
+                     "value": r["numpy_over_scan_step"], "met": r["numpy_over_scan_step"] > 1})
+        rows.append({"target": "mlp_small: Python-loop step / scanned step >= 3",
+                     "value": r["loop_over_scan"], "met": r["loop_over_scan"] >= 3})
+    return rows
+
+
+def table_rows(results: dict, ceiling_gflops: float) -> tuple[list[dict], list[dict]]:
+    """The step table and the epoch table, in ms and GFLOP/s."""
+    steps, epochs = [], []
+    for name, r in results.items():
+        med = r["median_seconds"]
+        row = {"workload": name, "GFLOP": r["flops"]["total"] / 1e9,
+               "manual ms": med["manual"] * 1e3, "autodiff ms": med["autodiff"] * 1e3,
+               "manual/autodiff": r["manual_over_autodiff"],
+               "manual GFLOP/s": r["gflops"]["manual"],
+               "% ceiling": 100 * r["gflops"]["manual"] / r.get("gemm_gflops", ceiling_gflops)}
+        for peer in ("numpy", "torch"):
+            best = r.get(f"{peer}_best_seconds")
+            row[f"{peer} ms"] = best * 1e3 if best is not None else ""
+        row["compile s (m/a)"] = (f"{r['compile_seconds']['manual']:.1f}/"
+                                  f"{r['compile_seconds']['autodiff']:.1f}")
+        steps.append(row)
+        if "per_step_seconds" in r:
+            per = r["per_step_seconds"]
+            epochs.append({"workload": name, "scan ms/step": per["scan"] * 1e3,
+                           "scan autodiff ms/step": per["scan autodiff"] * 1e3,
+                           "loop ms/step": per["loop"] * 1e3,
+                           "loop/scan": r["loop_over_scan"],
+                           "floor ms/step": per["scan floor"] * 1e3 if "scan floor" in per else "",
+                           "numpy/scan": r.get("numpy_over_scan_step", "")})
+    return steps, epochs
+
+
+def method_rows(results: dict) -> list[dict]:
+    """ms per step of each CNN's step and scanned epoch by conv_method and gradient source."""
+    rows = []
+    for name, r in results.items():
+        per = r.get("conv_methods_seconds_per_step")
+        if per is None:
+            continue
+        for method in ("im2col", "lax"):
+            rows.append({"workload": name, "conv_method": method} | {
+                f"{source} {kind} ms": per[f"{method} {source} {kind}"] * 1e3
+                for kind in ("step", "scan") for source in ("manual", "autodiff")})
+    return rows
+
+
+def main(argv=None) -> dict:
+    p = common.parser("benchmark", __doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="about a minute: no mlp_wide, no memory, no conv_method comparison, "
+                        "fewer repeats, epochs of 10 steps")
+    p.add_argument("--peers", action="store_true",
+                   help="also time PyTorch CPU eager (needs torch installed)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS),
+                   help="comma-separated subset of " + ", ".join(WORKLOADS))
+    p.add_argument("--repeats", type=int, default=15, help="interleaved repeats of the steps")
+    p.add_argument("--epoch-repeats", type=int, default=7, help="interleaved repeats of epochs")
+    p.add_argument("--epoch-steps", type=int, default=50, help="steps in a timed epoch")
+    p.add_argument("--alpha", type=float, default=1e-3, help="learning rate of the steps")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--no-conv-methods", dest="conv_methods", action="store_false",
+                   help="skip timing the CNNs with each conv_method (im2col, lax)")
+    p.add_argument("--method-steps", type=int, default=10,
+                   help="steps in the scanned epochs of the conv_method comparison")
+    args = p.parse_args(argv)
+    names = [n for n in args.workloads.split(",") if n]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        p.error(f"unknown workloads {unknown}; known: {list(WORKLOADS)}")
+    if args.peers and not torch_available():
+        print("--peers: torch cannot be imported here; install PyTorch's CPU build "
+              "(pip install torch, see the README's Performance section) and run again.",
+              file=sys.stderr)
+        raise SystemExit(2)
+    if args.quick:
+        names = [n for n in names if n != "mlp_wide"]
+        args.repeats, args.epoch_repeats, args.epoch_steps = 5, 3, 10
+        args.conv_methods, args.no_memory = False, True
+    if args.smoke:
+        args.repeats, args.epoch_repeats, args.method_steps = 1, 1, 2
+    common.setup(args)
+    import jax
+
+    dtype = common.dtype_of(args)
+    folder = common.run_dir(args, "benchmark")
+    memory_name = "mlp_wide" if "mlp_wide" in names else "mlp_mnist"  # the largest run
+    if args.smoke:
+        memory_name = "mlp_small"
+    mem = None if args.no_memory else memory(memory_name, args)
+
+    gemm, gemm_flops = gemm_contender(dtype)
+    ceiling_s = interleave({"gemm": gemm}, 1 if args.smoke else 7)["gemm"]
+    ceiling_gflops = gemm_flops / float(np.median(ceiling_s)) / 1e9
+    results = {}
+    for name in common.progress(names, args, desc="workloads"):
+        w = workload(name, args.smoke)
+        ceiling = (gemm, gemm_flops) if name == "mlp_wide" else None
+        results[name] = run_workload(w, args, dtype, ceiling)
+    if "gemm_gflops" in results.get("mlp_wide", {}):
+        # the ceiling measured interleaved with the mlp_wide steps, later in the run
+        ceiling_gflops = results["mlp_wide"]["gemm_gflops"]
+    goals = targets(results, ceiling_gflops)
+    step_rows, epoch_rows = table_rows(results, ceiling_gflops)
+    conv_rows = method_rows(results)
+    common.save_results(folder, args, {
+        "workloads": results, "gemm_ceiling": {"n": GEMM_N, "gflops": ceiling_gflops,
+                                               "samples_alone": ceiling_s},
+        "memory": mem, "targets": goals,
+        "tables": {"steps": step_rows, "epochs": epoch_rows, "conv_methods": conv_rows}})
+
+    print(f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+          f"{args.dtype}; medians of {args.repeats} interleaved repeats"
+          + (" (smoke: no timing claims)" if args.smoke else ""))
+    print(f"GEMM ceiling: {GEMM_N}x{GEMM_N} jnp.dot at {ceiling_gflops:.1f} GFLOP/s"
+          + (" (interleaved with mlp_wide)" if "mlp_wide" in results else ""))
+    print(common.table(step_rows))
+    print("numpy, torch: the faster of the library's own thread count and one thread")
+    if epoch_rows:
+        print(f"\nEpochs of {2 if args.smoke else args.epoch_steps} steps")
+        print(common.table(epoch_rows))
+    if conv_rows:
+        print(f"\nCNN conv_method: ms per step, one compiled step and a scanned epoch of "
+              f"{args.method_steps} steps")
+        print(common.table(conv_rows))
+    if mem is not None:
+        mib = 2**20
+        print(f"\nMemory ({mem['workload']}, 2 steps): peak RSS {mem['train_peak_rss'] / mib:.0f} "
+              f"MiB, {mem['extra_rss'] / mib:.0f} MiB above jax imported "
+              f"({mem['compile_extra_rss'] / mib:.0f} MiB of it once compiled), vs params "
+              f"{mem['params_bytes'] / mib:.0f} + optimiser state 0 + activations "
+              f"{mem['activation_bytes'] / mib:.0f} MiB: ratio "
+              f"{mem['ratio_extra_to_needed']:.2f}")
+    print("\nTargets (reported, not asserted):")
+    print(common.table([{**g, "met": "yes" if g["met"] else "NO"} for g in goals]))
+    print(f"results: {folder}")
+    return {"folder": str(folder), "results": results, "targets": goals, "memory": mem,
+            "ceiling_gflops": ceiling_gflops}
+
+
+if __name__ == "__main__":
+    main()
