@@ -86,9 +86,9 @@ def test_vmap_of_one_example_equals_batch(name):
 
 
 def test_lax_and_im2col_networks_agree():
-    lax_net = CONFIGS["two-convs-strides-padding"]
-    im2col_net = CNN(lax_net.input_shape, lax_net.layers, lax_net.dense, lax_net.hidden,
-                     conv_method="im2col")
+    base = CONFIGS["two-convs-strides-padding"]
+    lax_net, im2col_net = (CNN(base.input_shape, base.layers, base.dense, base.hidden,
+                               conv_method=method) for method in ("lax", "im2col"))
     _, params, X, Y = setup("two-convs-strides-padding", jnp.float64)
     np.testing.assert_allclose(lax_net.logits(params, X), im2col_net.logits(params, X),
                                rtol=1e-12)
