@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnn.safe_pickle import safe_load
+from jaxnn.sgd import batch_indices
 
 __all__ = [
     "IDX_DTYPES",
@@ -694,9 +695,7 @@ def minibatches(key: jax.Array, m: int, batch_size: int) -> jax.Array:
         raise ValueError(f"m must be >= 1, got {m}")
     if not 1 <= batch_size <= m:
         raise ValueError(f"batch_size must be in [1, m={m}], got {batch_size}")
-    n_batches = m // batch_size
-    order = jax.random.permutation(key, m)
-    return order[: n_batches * batch_size].reshape(n_batches, batch_size)
+    return batch_indices(key, m, batch_size)  # the same cut that sgd.train uses
 
 
 def to_device(*arrays: Any, device: Any = None) -> tuple[jax.Array, ...]:
