@@ -122,7 +122,7 @@ def grad_matrix(
     """
     Zs, As = dense.forward_matrix_cache(params, jnp.asarray(X).T, hidden, output)
     Z_N = Zs[-1].T
-    Delta_N = jax.vmap(losses.delta_output, in_axes=(None, None, 0, 0))(output, loss, Z_N, Y)
+    Delta_N = losses.delta_output_rows(output, loss, Z_N, Y)
     grads, _ = backward_matrix(params, Zs, As, Delta_N.T, activations.get(hidden).g_prime)
     per_loss = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))(output, loss, Z_N, Y)
     return jnp.mean(per_loss), grads
@@ -199,7 +199,7 @@ def grad_rows(
     loss), equal to ``grad_matrix``'s up to the order of floating-point additions.
     """
     Zs, As = forward_rows_cache(params, X, hidden, output)
-    Delta_N = jax.vmap(losses.delta_output, in_axes=(None, None, 0, 0))(output, loss, Zs[-1], Y)
+    Delta_N = losses.delta_output_rows(output, loss, Zs[-1], Y)
     grads, _ = backward_rows(params, Zs, As, Delta_N, activations.get(hidden).g_prime)
     per_loss = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))(output, loss, Zs[-1], Y)
     return jnp.mean(per_loss), grads
@@ -223,8 +223,7 @@ def cnn_grad(model, params, X: ArrayLike, Y: ArrayLike) -> tuple[jax.Array, dict
     a, cache = model.features(params, X, keep=True)
     m = a.shape[0]
     Zs, As = forward_rows_cache(params["dense"], conv.flatten(a), model.hidden, model.output)
-    Delta_N = jax.vmap(losses.delta_output, in_axes=(None, None, 0, 0))(
-        model.output, model.loss_name, Zs[-1], Y)
+    Delta_N = losses.delta_output_rows(model.output, model.loss_name, Zs[-1], Y)
     dense_grads, Delta_0 = backward_rows(params["dense"], Zs, As, Delta_N, g_prime)
     delta = conv.flatten_backward(a.shape, Delta_0)
     conv_grads = []

@@ -47,6 +47,33 @@ def test_delta_output_general_equals_simplified_and_autodiff(output, loss):
     np.testing.assert_allclose(simplified, auto, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("output, loss", PAIRS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_delta_output_rows_equals_per_example(output, loss, dtype):
+    Z = 3 * jax.random.normal(jax.random.key(4), (7, 5), dtype)
+    Y = targets(jax.random.key(5), output, loss, 7, 5, dtype)
+    rows = losses.delta_output_rows(output, loss, Z, Y)
+    per_example = jax.vmap(losses.delta_output, in_axes=(None, None, 0, 0))(output, loss, Z, Y)
+    assert rows.shape == (7, 5) and rows.dtype == dtype
+    np.testing.assert_array_equal(rows, per_example)  # ŷ - 1 at the label, exactly
+    auto = jax.vmap(jax.grad(losses.output_loss, argnums=2), in_axes=(None, None, 0, 0))(
+        output, loss, Z, Y)
+    np.testing.assert_allclose(rows, auto, rtol=1e-5 if dtype == jnp.float32 else 1e-12,
+                               atol=1e-6 if dtype == jnp.float32 else 1e-15)
+
+
+def test_delta_output_rows_rejects_bad_batches():
+    Z = jnp.zeros((4, 3))
+    with pytest.raises(ValueError, match=r"\(m, k\)"):
+        losses.delta_output_rows("softmax", "softmax", Z[0], jnp.array(1))
+    with pytest.raises(ValueError, match="labels must lie in"):
+        losses.delta_output_rows("softmax", "softmax", Z, jnp.array([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="shape"):
+        losses.delta_output_rows("softmax", "softmax", Z, jnp.array([0, 1]))
+    with pytest.raises(TypeError, match="integer"):
+        losses.delta_output_rows("softmax", "softmax", Z, Z[:, 0])
+
+
 def test_canonical_delta_is_y_hat_minus_y():
     z = jnp.array([0.3, -1.0, 2.0], jnp.float64)
     s = jax.nn.softmax(z)
