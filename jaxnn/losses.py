@@ -300,8 +300,8 @@ def delta_output_rows(output: str, loss: str, Z: ArrayLike, Y: ArrayLike) -> jax
     if not (is_canonical(output, loss) and get(loss).target == "label"):
         return jax.vmap(delta_output, in_axes=(None, None, 0, 0))(output, loss, Z, Y)
     check_targets(loss, Z.shape, Y)
-    rows = jnp.arange(Z.shape[0])
-    return activations.get(output).g(Z).at[rows, jnp.asarray(Y)].add(-1)
+    return jax.vmap(lambda y_hat, y: y_hat.at[y].add(-1))(activations.get(output).g(Z),
+                                                          jnp.asarray(Y))
 
 
 # --- batches ------------------------------------------------------------------------------
