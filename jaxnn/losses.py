@@ -288,7 +288,8 @@ def delta_output_rows(output: str, loss: str, Z: ArrayLike, Y: ArrayLike) -> jax
 
     Row i is ``delta_output(output, loss, Z[i], Y[i])``. For integer labels Ŷ - E_Y is
     formed by subtracting 1 at each row's label, ŷ_(i) - e_y(i) without building the
-    one-hot rows: the same numbers (an exact subtraction either way). Training steps use
+    one-hot rows: the same numbers (an exact subtraction either way), per example, so
+    that a batch split over devices stays split (``jaxnn.parallel``). Training steps use
     this form; on XLA's CPU backend with two threads a step whose δ^[N] came from a
     one-hot comparison ran 10–15% slower (mlp_mnist, ``experiments.benchmark``), although
     the compiled programs have the same matrix products and ran alike on one core.
