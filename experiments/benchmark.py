@@ -328,12 +328,13 @@ def epoch_contenders(w, model, params, X, Y, alpha, steps: int, step) -> tuple[d
     return contenders, compile_s
 
 
-def conv_method_contenders(w, model, params, X, Y, alpha) -> tuple[dict, dict]:
+def conv_method_contenders(w, model, params, X, Y, alpha, compiled_steps) -> tuple[dict, dict]:
     """For a CNN: step and scanned epoch of both sources with each conv_method.
 
     The evidence for the training default: with "lax", the convolutions ``jax.grad``
     derives keep swapped batch/channel layouts, which XLA's CPU backend runs on a
-    generic path inside a lax.scan.
+    generic path inside a lax.scan. ``compiled_steps`` (by source) are the model's own
+    steps, reused for its conv_method.
     """
     import dataclasses
 
@@ -343,8 +344,11 @@ def conv_method_contenders(w, model, params, X, Y, alpha) -> tuple[dict, dict]:
         variant = dataclasses.replace(model, conv_method=method)
         for source in ("manual", "autodiff"):
             name = f"{method} {source}"
-            compiled, compile_s[f"{name} step"], _, _ = compile_step(variant, source, params,
-                                                                     Xb, Yb, alpha)
+            if method == model.conv_method:
+                compiled, compile_s[f"{name} step"] = compiled_steps[source], 0.0
+            else:
+                compiled, compile_s[f"{name} step"], _, _ = compile_step(variant, source, params,
+                                                                         Xb, Yb, alpha)
             contenders[f"{name} step"] = Trainer(compiled, copy_of(params), (), [(Xb, Yb)],
                                                  alpha).step
             contenders[f"{name} scan"], compile_s[f"{name} scan"] = scan_contender(
@@ -711,7 +715,7 @@ def run_workload(w: Workload, args, dtype, ceiling=None) -> dict:
     if w.is_cnn and args.conv_methods:
         n = min(steps, args.method_steps)
         methods, compile_s = conv_method_contenders(w, model, params, X[: n * w.batch],
-                                                    Y[: n * w.batch], alpha)
+                                                    Y[: n * w.batch], alpha, compiled_steps)
         out["compile_seconds"].update({f"method {k}": v for k, v in compile_s.items()})
         per_call = interleave(methods, args.epoch_repeats)
         out["conv_methods_seconds_per_step"] = {
