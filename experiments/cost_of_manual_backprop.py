@@ -6,20 +6,21 @@ programs differ in arithmetic (flops), memory traffic (bytes accessed), transcen
 functions, instruction count or time, and why?
 
 Expected: the matrix products are the same in both (forward W A, backward Wᵀ Δ and Δ Aᵀ
-per layer: 2·m·Σ n_l n_{l-1} flops each, except Wᵀ Δ^[1], which no one needs), and
-they are nearly all the flops, so flops agree to within a fraction of a percent. The
+per layer: 2·m·Σ n_l n_{l-1} flops each, except Wᵀ Δ^[1], which no one needs), and they
+are nearly all the flops, so flops agree to within a fraction of a percent. The
 differences are in the output layer and in the layout: the manual δ^[N] = softmax(z) −
 e_y evaluates exp(z) once more than autodiff, which reuses the exp of the loss's
-log-sum-exp (+1 transcendental per output logit); the label enters as a one-hot
-comparison (manual) or as a scatter (autodiff, the transpose of ``take``); the matrix
-form keeps examples as columns, so XLA adds transposes. With the matrix form the step
-times agree within the noise of a shared machine. ``grad_form="vmap"`` (the per-example
-recursion, vmapped) turns the batch sum of outer products δ a^T into a multiply-and-reduce
-instead of a matrix product and is slower for wide layers. In the CNN the hand-written
-input gradient of a padded convolution is a 'full' convolution over the padded input,
-cropped afterwards, which costs more multiply-adds than autodiff's. The explanation
-printed at the end is derived from the measured numbers; on a GPU, XLA's flop estimate
-leaves out the cuBLAS calls, which the printout says when it happens.
+log-sum-exp (+1 transcendental per output logit); the label enters as a scatter in both
+(autodiff: the transpose of ``take``; manual: 1 subtracted at each label,
+``losses.delta_output_rows``) or as a one-hot comparison (the vmapped per-example form);
+the matrix form keeps examples as columns, so XLA adds transposes. With the matrix form
+the step times agree within the noise of a shared machine. ``grad_form="vmap"`` (the
+per-example recursion, vmapped) turns the batch sum of outer products δ a^T into a
+multiply-and-reduce instead of a matrix product and is slower for wide layers. In the
+CNN the hand-written input gradient of a padded convolution is a 'full' convolution over
+the padded input, cropped afterwards, which costs more multiply-adds than autodiff's.
+The explanation printed at the end is derived from the measured numbers; on a GPU, XLA's
+flop estimate leaves out the cuBLAS calls, which the printout says when it happens.
 
 Models: dense 64-128-10 (the digits' shape) and 784-512-512-10 (MNIST's), batch 128,
 softmax output; a CNN when ``jaxnn.cnn`` exists. Timing: medians of interleaved
@@ -38,8 +39,10 @@ COLORS = {"manual (matrix)": "C0", "manual": "C0", "manual (vmap)": "C1", "autod
 OPS_OF_INTEREST = ("dot", "convolution", "transpose", "exponential", "log", "scatter",
                    "gather", "fusion", "reduce", "copy", "custom-call")
 WHY = {
-    "transpose": "layout changes: the matrix form keeps examples as columns, (n_l, m)",
-    "scatter": "the gradient of a label lookup (take) under autodiff is a scatter",
+    "transpose": "layout changes: the dense matrix form keeps examples as columns, (n_l, m); "
+                 "the CNN backward puts convolution operands in canonical layouts",
+    "scatter": "ŷ − e_y as a scatter: autodiff's transpose of the label lookup (take), "
+               "the manual batch forms' subtraction at each label",
     "gather": "label lookups (take) of the loss",
     "exponential": "exp of the output logits (softmax in δ^[N], log-sum-exp in the loss)",
     "copy": "explicit copies, usually for a layout change",
