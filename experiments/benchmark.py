@@ -18,9 +18,11 @@ labels, explicit SGD, synthetic data):
     cnn_color  64x64x3 -> conv 4x4x16 -> relu -> 2x2 max-pool -> conv 3x3x32 -> relu
                -> 2x2 max-pool -> dense 2, batch 32
 
-Contenders, timed interleaved in one process (every repeat runs each contender once, in
-a rotating order, so a slow moment of a shared machine hits all alike); the figures are
-medians over repeats, and compilation is timed apart. The manual/autodiff pair (with the
+Contenders, timed interleaved in one process (every repeat takes one sample of each
+contender, in a rotating order, so a slow moment of a shared machine hits all alike; a
+sample is back-to-back calls for ``--min-sample`` seconds, since the first call after a
+pause pays for waking threads and refilling caches); the figures are medians over
+repeats, and compilation is timed apart. The manual/autodiff pair (with the
 GEMM for mlp_wide) is one group; numpy and torch form a second group with the manual
 step as its anchor, since their worker threads, spinning after each call, would slow
 whichever JAX step came next:
