@@ -462,6 +462,22 @@ def test_max_pool_backward_tie_rule_first_maximum_wins():
     np.testing.assert_array_equal(np.asarray(dx)[0, :, :, 0], expected)
 
 
+def test_max_pool_autodiff_splits_ties_by_halves():
+    """jax.grad of the tiled max pool (a pairwise tree of maxima, cells in row-major order)
+    halves δ at each tie of the tree; each window still passes its δ on in full.
+
+    Same x as above: top-left 4-way tie -> 10/4 each; top-right max(0,5) = 5 takes the
+    first pair's half (10), the tie 5,5 of the second pair splits the other half (5, 5);
+    bottom-left: the two 3s are the maxima of the two pairs -> 15 each; bottom-right
+    4-way tie -> 40/4 each.
+    """
+    x = np.array([[1, 1, 0, 5], [1, 1, 5, 5], [2, 3, 4, 4], [3, 0, 4, 4]], float)
+    delta = np.array([[10.0, 20.0], [30.0, 40.0]])
+    dx = _pool_grad(conv.max_pool, x[None, :, :, None], delta[None, :, :, None], 2, None)
+    expected = np.array([[2.5, 2.5, 0, 10], [2.5, 2.5, 5, 5], [0, 15, 10, 10], [15, 0, 10, 10]])
+    np.testing.assert_array_equal(np.asarray(dx)[0, :, :, 0], expected)
+
+
 def test_max_pool_backward_tie_rule_overlapping_windows():
     """3×3 of equal values, 2×2 windows, stride 1: each window's first entry wins.
 
