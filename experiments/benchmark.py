@@ -79,10 +79,12 @@ numpy's and >= 3x faster than the Python loop's; CNN steps at least as fast as t
 
 ``--quick`` (about a minute on 2 cores) skips mlp_wide, the memory measurement and
 the conv_method comparison, and times epochs of 10 steps; ``--smoke`` runs a couple of
-steps of each workload (mlp_wide made narrow) and makes no timing claims. ``--peers``
+steps of each workload (mlp_wide made narrow, CNN batches of 8, no warm-up calls) and
+makes no timing claims. ``--peers``
 adds PyTorch; it exits with status 2 when torch cannot be imported.
 """
 
+import dataclasses
 import math
 import resource
 import subprocess
@@ -133,11 +135,14 @@ SMOKE_SIZES = {"mlp_wide": ((512, 512, 512, 10), 64)}
 
 
 def workload(name: str, smoke: bool = False) -> Workload:
-    """The named workload; with smoke=True mlp_wide shrinks to 512 wide, batch 64."""
+    """The named workload; with smoke=True mlp_wide shrinks to 512 wide, batch 64, and
+    the CNNs to batches of 8."""
     w = WORKLOADS[name]
     if smoke and name in SMOKE_SIZES:
         sizes, batch = SMOKE_SIZES[name]
         w = Workload(w.name, batch, sizes, epoch=w.epoch, numpy=w.numpy)
+    elif smoke and w.is_cnn:
+        w = dataclasses.replace(w, batch=8)
     return w
 
 
@@ -346,8 +351,6 @@ def conv_method_contenders(w, model, params, X, Y, alpha, compiled_steps) -> tup
     generic path inside a lax.scan. ``compiled_steps`` (by source) are the model's own
     steps, reused for its conv_method.
     """
-    import dataclasses
-
     contenders, compile_s = {}, {}
     Xb, Yb = X[: w.batch], Y[: w.batch]
     for method in ("im2col", "lax"):
@@ -698,7 +701,8 @@ def run_workload(w: Workload, args, dtype, ceiling=None) -> dict:
         steps_c[source] = Trainer(compiled, copy_of(params), (), [(Xb, Yb)], alpha).step
     if ceiling is not None:
         steps_c["gemm"] = ceiling[0]
-    samples = interleave(steps_c, args.repeats, min_sample=args.min_sample)
+    warm = 0 if args.smoke else 1  # smoke: no timing claims, so no warm-up calls
+    samples = interleave(steps_c, args.repeats, min_sample=args.min_sample, warmup=warm)
     # The references run in a group of their own, with the manual step as an anchor:
     # numpy's and torch's worker threads would otherwise disturb the manual/autodiff pair.
     references = {}
@@ -710,14 +714,15 @@ def run_workload(w: Workload, args, dtype, ceiling=None) -> dict:
         out["torch_start_loss_vs_jax"] = abs(start - float(model.loss(params, Xb, Yb)))
     if references:
         references["manual (with references)"] = steps_c["manual"]
-        samples.update(interleave(references, args.repeats, min_sample=args.min_sample))
+        samples.update(interleave(references, args.repeats, min_sample=args.min_sample,
+                                  warmup=warm))
     faults = {k: steps_c[k] for k in ("manual", "autodiff")}
     if w.epoch:
         epochs, compile_s = epoch_contenders(w, model, params, X, Y, alpha, steps,
                                              compiled_steps["manual"])
         out["compile_seconds"].update({f"epoch {k}": v for k, v in compile_s.items()})
         samples.update({f"epoch {k}": v for k, v in
-                        interleave(epochs, args.epoch_repeats).items()})
+                        interleave(epochs, args.epoch_repeats, warmup=warm).items()})
         faults.update({f"epoch {k}": epochs[k] for k in ("scan", "scan autodiff")})
     out["minor_faults_per_step"] = {
         k: minor_faults(fn, 1 if args.smoke else 3) / (steps if k.startswith("epoch") else 1)
@@ -727,7 +732,7 @@ def run_workload(w: Workload, args, dtype, ceiling=None) -> dict:
         methods, compile_s = conv_method_contenders(w, model, params, X[: n * w.batch],
                                                     Y[: n * w.batch], alpha, compiled_steps)
         out["compile_seconds"].update({f"method {k}": v for k, v in compile_s.items()})
-        per_call = interleave(methods, args.epoch_repeats)
+        per_call = interleave(methods, args.epoch_repeats, warmup=warm)
         out["conv_methods_seconds_per_step"] = {
             k: float(np.median(v)) / (n if k.endswith("scan") else 1) for k, v in per_call.items()}
     out["samples"] = samples
