@@ -410,17 +410,8 @@ def train_parallel(
         params, opt_state, losses, bad = run_epoch(
             params, opt_state, gather(X_host, idx, mesh), gather(Y_host, idx, mesh),
             alpha_rep, model=model, source=source, optimizer=optimizer, mesh=mesh)
-        losses, bad = local_copy(losses), int(bad)
-        if bad >= 0:
-            raise sgd.NonFiniteError(
-                f"non-finite loss or gradient at epoch {e}, step {bad} of that epoch "
-                f"(loss there: {float(losses[bad])}); params are the last finite ones",
-                epoch=e, step=bad, params=params, opt_state=opt_state, history=history)
-        history["loss"].append(float(jnp.mean(losses)))
-        acc = accuracy(local_copy(params), X_host, Y_host)
-        history["accuracy"].append(None if acc is None else float(acc))
-        if on_epoch is not None:
-            on_epoch(e, params, opt_state, history)
+        sgd.finish_epoch(e, params, opt_state, local_copy(losses), bad, history,
+                         lambda p: accuracy(local_copy(p), X_host, Y_host), on_epoch)
     return params, history
 
 

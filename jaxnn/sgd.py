@@ -280,20 +280,33 @@ def train(
             params, opt_state, X, Y, jax.random.fold_in(key, e), alpha, model=model,
             source=source, optimizer=optimizer, batch_size=batch_size,
             skip_nonfinite=skip_nonfinite)
-        bad = int(bad)
-        if bad >= 0:
-            which = ("the last finite ones" if skip_nonfinite
-                     else "those at the end of the epoch (skip_nonfinite=False)")
-            raise NonFiniteError(
-                f"non-finite loss or gradient at epoch {e}, step {bad} of that epoch "
-                f"(loss there: {float(losses[bad])}); params are {which}",
-                epoch=e, step=bad, params=params, opt_state=opt_state, history=history)
-        history["loss"].append(float(jnp.mean(losses)))
-        acc = accuracy(params, X, Y)
-        history["accuracy"].append(None if acc is None else float(acc))
-        if on_epoch is not None:
-            on_epoch(e, params, opt_state, history)
+        finish_epoch(e, params, opt_state, losses, bad, history,
+                     lambda p: accuracy(p, X, Y), on_epoch, skip_nonfinite)
     return params, history
+
+
+def finish_epoch(e: int, params, opt_state, losses, bad, history: dict,
+                 accuracy: Callable, on_epoch: Callable | None,
+                 skip_nonfinite: bool = True) -> None:
+    """The end of epoch e of a training loop (``train``, ``parallel.train_parallel``).
+
+    Raises NonFiniteError when the epoch's first bad step ``bad`` is >= 0; otherwise
+    appends the mean of ``losses`` and ``accuracy(params)`` to ``history`` and calls
+    ``on_epoch(e, params, opt_state, history)``.
+    """
+    bad = int(bad)
+    if bad >= 0:
+        which = ("the last finite ones" if skip_nonfinite
+                 else "those at the end of the epoch (skip_nonfinite=False)")
+        raise NonFiniteError(
+            f"non-finite loss or gradient at epoch {e}, step {bad} of that epoch "
+            f"(loss there: {float(losses[bad])}); params are {which}",
+            epoch=e, step=bad, params=params, opt_state=opt_state, history=history)
+    history["loss"].append(float(jnp.mean(losses)))
+    acc = accuracy(params)
+    history["accuracy"].append(None if acc is None else float(acc))
+    if on_epoch is not None:
+        on_epoch(e, params, opt_state, history)
 
 
 def check_opt_state(opt_state, params, optimizer) -> None:
