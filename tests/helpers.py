@@ -1,5 +1,8 @@
 """Shared test fixtures: small networks and matching random data for every output/loss pair."""
 
+import json
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 
@@ -36,3 +39,31 @@ def problem(hidden, output, loss, depth, dtype=jnp.float64, m=6, n_0=4, width=5,
               for p, k in zip(params, jax.random.split(k3, len(params)), strict=True)]
     X = jax.random.normal(k2, (m, n_0), dtype)
     return net, params, X, targets(k3, output, loss, m, k, dtype)
+
+
+# --- experiments' --smoke runs ---------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def smoke(tmp_path, *extra):
+    return ["--runs-dir", str(tmp_path), "--no-progress", "--smoke", *extra]
+
+
+def check_run(result: dict, name: str, pngs: int = 1) -> dict:
+    """The run folder of an experiment's --smoke run holds a results.json with
+    config/environment/summary and at least ``pngs`` valid PNGs."""
+    folder = Path(result["folder"])
+    assert folder.parent.name == name
+    assert isinstance(result["summary"], dict)
+    with open(folder / "results.json") as f:
+        saved = json.load(f)
+    assert saved["environment"]["jax"] == jax.__version__
+    assert saved["environment"]["backend"] == jax.default_backend()
+    assert saved["config"]["smoke"] is True
+    assert "summary" in saved
+    images = sorted(folder.glob("*.png"))
+    assert len(images) >= pngs
+    for image in images:
+        assert image.read_bytes()[:8] == PNG_SIGNATURE
+    return saved

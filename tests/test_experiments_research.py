@@ -2,8 +2,6 @@
 cheap claims hold: identical initial units stay identical, loop == vmap == matrix, the
 δ recursion's per-example deltas average to jax.grad, DP-SGD's clipping bounds each norm."""
 
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,28 +19,7 @@ from experiments import (
 )
 from jaxnn import DenseNetwork
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def smoke(tmp_path, *extra):
-    return ["--runs-dir", str(tmp_path), "--no-progress", "--smoke", *extra]
-
-
-def check_run(result: dict, name: str, pngs: int = 1) -> dict:
-    """The run folder holds a results.json with config/environment/summary and valid PNGs."""
-    folder = Path(result["folder"])
-    assert folder.parent.name == name
-    assert isinstance(result["summary"], dict)
-    with open(folder / "results.json") as f:
-        saved = json.load(f)
-    assert saved["environment"]["jax"] == jax.__version__
-    assert saved["config"]["smoke"] is True
-    assert "summary" in saved
-    images = sorted(folder.glob("*.png"))
-    assert len(images) >= pngs
-    for image in images:
-        assert image.read_bytes()[:8] == PNG_SIGNATURE
-    return saved
+from .helpers import check_run, smoke
 
 
 def test_gradcheck_matrix_smoke(tmp_path):

@@ -3,7 +3,6 @@ overwrite a run; the single neuron's hand-written gradient equals jax.grad."""
 
 import gzip
 import importlib
-import json
 from pathlib import Path
 
 import jax
@@ -13,29 +12,7 @@ import pytest
 
 from experiments import cnn_images, mlp_digits, single_neuron, tour
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def smoke(tmp_path, *extra):
-    return ["--runs-dir", str(tmp_path), "--no-progress", "--smoke", *extra]
-
-
-def check_run(result: dict, name: str, pngs: int = 1) -> dict:
-    """The run folder holds a results.json with config/environment and valid PNGs."""
-    folder = Path(result["folder"])
-    assert folder.parent.name == name
-    assert isinstance(result["summary"], dict)
-    with open(folder / "results.json") as f:
-        saved = json.load(f)
-    assert saved["environment"]["jax"] == jax.__version__
-    assert saved["environment"]["backend"] == jax.default_backend()
-    assert saved["config"]["smoke"] is True
-    assert "summary" in saved
-    images = sorted(folder.glob("*.png"))
-    assert len(images) >= pngs
-    for image in images:
-        assert image.read_bytes()[:8] == PNG_SIGNATURE
-    return saved
+from .helpers import check_run, smoke
 
 
 @pytest.fixture(scope="module")
