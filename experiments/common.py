@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -195,18 +194,13 @@ def to_jsonable(x):
 
 
 def write_json(path: Path, data: dict) -> Path:
-    """Write JSON atomically: a temporary file in the same folder, fsync, rename."""
+    """Write JSON atomically (``jaxnn.checkpoint.write_atomic``: temporary file, fsync,
+    rename)."""
+    from jaxnn.checkpoint import write_atomic
+
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(to_jsonable(data), f, indent=2, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = to_jsonable(data)
+    write_atomic(path, lambda f: json.dump(data, f, indent=2, allow_nan=False), mode="w")
     return path
 
 

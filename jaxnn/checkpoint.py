@@ -50,7 +50,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -256,11 +256,17 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_atomic(path: Path, write: Callable[[IO], None], mode: str = "wb") -> None:
+    """Write ``path`` all at once or not at all: ``write(f)`` into a temporary file in
+    the same folder (opened with ``mode``), fsync, rename over ``path``, fsync the folder.
+
+    On any error the temporary is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -345,7 +351,7 @@ def save(folder: str | os.PathLike, state: TrainState, *, keep: int | None = 3,
     arrays[_METADATA] = np.frombuffer(meta_bytes, dtype=np.uint8)
     arrays[_CHECKSUM] = _as_bytes(_digest(meta_bytes, entries))
     Path(folder).mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, arrays)
+    write_atomic(path, lambda f: np.savez(f, **arrays))
     _prune(Path(folder), path, keep)
     return path
 
