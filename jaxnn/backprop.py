@@ -155,6 +155,19 @@ def forward_rows_cache(
     return Zs, As
 
 
+def delta_t_a(Delta: jax.Array, A: jax.Array) -> jax.Array:
+    """Σ_i δ(i) a(i)ᵀ = Δᵀ A for Δ: (m, n_l) and A: (m, n_{l-1}); returns (n_l, n_{l-1}).
+
+    Computed from a materialised Δᵀ. XLA's CPU backend hands a product to YNNPACK when
+    its left operand is read row by row, and runs Δᵀ A, which reads Δ down its columns,
+    on Eigen: a scanned epoch of the 64-128-10 network (batch 32) takes 0.8x the time
+    with the copy. The barriers stop XLA from folding the transpose back into the
+    product. The copy is m·n_l numbers against the product's m·n_l·n_{l-1} multiply-adds.
+    """
+    Delta_T = jax.lax.optimization_barrier(Delta.T)
+    return jax.lax.optimization_barrier(Delta_T @ A)
+
+
 def backward_rows(
     params: Params,
     Zs: list[jax.Array],
@@ -183,7 +196,7 @@ def backward_rows(
     grads: Params = [None] * N
     Delta = Delta_N
     for l in range(N, 0, -1):
-        grads[l - 1] = {"W": Delta.T @ As[l - 1] / m, "b": jnp.sum(Delta, axis=0) / m}
+        grads[l - 1] = {"W": delta_t_a(Delta, As[l - 1]) / m, "b": jnp.sum(Delta, axis=0) / m}
         back = Delta @ params[l - 1]["W"]
         if l > 1:
             Delta = back * g_prime(Zs[l - 2])
