@@ -158,3 +158,40 @@ def test_bad_config(kwargs, error, match):
     config = {"key": jax.random.key(0), "alpha": 0.1, "epochs": 1, "batch_size": 4} | kwargs
     with pytest.raises(error, match=match):
         sgd.train(net, params, X, Y, **config)
+
+
+@pytest.mark.parametrize("m", [0, 1, 2, 7, 1600, 1625, 1626, 5000])
+def test_permutation_is_jax_random_permutation(m):
+    # 1,625 is the largest m with one round of sorting; 1,626 takes two
+    jitted = jax.jit(sgd.permutation, static_argnums=1)
+    for seed in range(3):
+        for key in (jax.random.key(seed), jax.random.PRNGKey(seed)):
+            want = jax.random.permutation(key, m)
+            for got in (sgd.permutation(key, m), jitted(key, m)):
+                assert got.dtype == want.dtype and got.shape == (m,)
+                np.testing.assert_array_equal(got, want)
+
+
+def test_batch_indices_cut_the_permutation():
+    key = jax.random.key(4)
+    idx = sgd.batch_indices(key, 103, 10)
+    assert idx.shape == (10, 10)
+    np.testing.assert_array_equal(idx.ravel(), jax.random.permutation(key, 103)[:100])
+
+
+@pytest.mark.parametrize("high", [2**32, 50, 2])
+def test_argsort_keys_is_the_stable_key_value_sort(high):
+    # keys from 2**32 values are distinct (the rank path), from 50 or 2 tied (the sort path)
+    rng = np.random.default_rng(high)
+    keys = rng.choice(high, size=400, replace=high < 400).astype(np.uint32)
+    got = sgd.argsort_keys(jnp.asarray(keys))
+    np.testing.assert_array_equal(got, np.argsort(keys, kind="stable"))
+    want = jax.lax.sort_key_val(jnp.asarray(keys), jnp.arange(400))[1]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_argsort_keys_extremes_and_ties_by_hand():
+    keys = jnp.array([5, 3, 5, 3, 0, 0xFFFFFFFF, 5, 2**31, 2**31 - 1], jnp.uint32)
+    np.testing.assert_array_equal(sgd.argsort_keys(keys), [4, 1, 3, 0, 2, 6, 8, 7, 5])
+    distinct = jnp.array([0xFFFFFFFF, 0, 2**31, 7], jnp.uint32)
+    np.testing.assert_array_equal(sgd.argsort_keys(distinct), [1, 3, 2, 0])
