@@ -38,7 +38,11 @@ whichever JAX step came next:
                            or as 50 calls of the compiled manual step from Python
                            (contiguous minibatches); not for mlp_wide
     scan floor             (mlp_small) the same scan whose body only gathers the
-                           minibatch: the cost of the loop itself
+                           minibatch: the cost of the loop itself, the epoch's
+                           shuffle included
+    shuffle                (mlp_small) that shuffle alone (``sgd.batch_indices``): one
+                           sort of random keys per epoch, which the Python loop, on
+                           contiguous minibatches, does not pay
     conv_method            (CNNs) step and 10-step scan of both gradients with each
                            ``CNN.conv_method``, im2col (the default) and lax
     GEMM 2048              jnp.dot of two 2048x2048 float32 matrices: the ceiling,
@@ -66,11 +70,12 @@ CNN step faults its temporaries in afresh. Minor page faults per step are report
 
 Expected (2 CPU cores): manual and autodiff within a few percent of each other on the
 dense workloads (the same matrix products; single runs scatter by about ±8% on a shared
-machine) and the manual CNN steps faster than the autodiff ones; mlp_wide at about the
-GEMM ceiling; mlp_small bound by per-operation overheads: its scanned step beats
-numpy's, but only by about 1.2x the Python loop's, since JAX's asynchronous dispatch
-already hides most of the loop's Python cost and the scan's own floor (loop and
-minibatch gather) is a quarter to a half of a step. The CNNs run well below the
+machine; the manual ∂L/∂W products run on YNNPACK, autodiff's on Eigen) and the manual
+CNN steps faster than the autodiff ones; mlp_wide at about the GEMM ceiling; mlp_small
+bound by per-operation overheads: its scanned step beats numpy's, but only by about 2x
+the Python loop's, since JAX's asynchronous dispatch already hides most of the loop's
+Python cost and the scan's own floor (shuffle, loop and minibatch gather) is a quarter
+of a step. The CNNs run well below the
 ceiling (small convolutions, im2col copies, weight gradients that contract over
 100 000 rows). Targets the run reports, never asserts: manual <= 1.05x autodiff on every
 workload; mlp_wide >= 80% of the GEMM ceiling; mlp_small's scanned step faster than
@@ -340,6 +345,10 @@ def epoch_contenders(w, model, params, X, Y, alpha, steps: int, step) -> tuple[d
 
         floor_c, compile_s["scan floor"] = common.timed_compile(floor, params, X, Y, key)
         contenders["scan floor"] = lambda: floor_c(params, X, Y, key)
+        # the epoch's permutation alone: part of the floor (and of the scan), not of the loop
+        shuffle = jax.jit(sgd.batch_indices, static_argnums=(1, 2))
+        shuffle_c, compile_s["shuffle"] = common.timed_compile(shuffle, key, X.shape[0], w.batch)
+        contenders["shuffle"] = lambda: shuffle_c(key)
     return contenders, compile_s
 
 
@@ -818,6 +827,7 @@ def table_rows(results: dict, ceiling_gflops: float) -> tuple[list[dict], list[d
                            "loop ms/step": per["loop"] * 1e3,
                            "loop/scan": r["loop_over_scan"],
                            "floor ms/step": per["scan floor"] * 1e3 if "scan floor" in per else "",
+                           "shuffle ms/step": per["shuffle"] * 1e3 if "shuffle" in per else "",
                            "numpy/scan": r.get("numpy_over_scan_step", "")})
     return steps, epochs
 

@@ -26,7 +26,7 @@ def test_smoke_writes_json(tmp_path):
         assert {"manual", "autodiff"} <= set(r["median_seconds"])
         assert r["manual_over_autodiff"] > 0 and r["flops"]["total"] > 0
         assert r["compile_seconds"]["manual"] > 0
-    assert {"scan", "scan autodiff", "loop", "scan floor"} == set(
+    assert {"scan", "scan autodiff", "loop", "scan floor", "shuffle"} == set(
         saved["workloads"]["mlp_small"]["per_step_seconds"])
     methods = saved["workloads"]["cnn_small"]["conv_methods_seconds_per_step"]
     assert {f"{m} {s} {k}" for m in ("im2col", "lax") for s in ("manual", "autodiff")
