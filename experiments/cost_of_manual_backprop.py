@@ -40,7 +40,8 @@ OPS_OF_INTEREST = ("dot", "convolution", "transpose", "exponential", "log", "sca
                    "gather", "fusion", "reduce", "copy", "custom-call")
 WHY = {
     "transpose": "layout changes: the dense matrix form keeps examples as columns, (n_l, m); "
-                 "the CNN backward puts convolution operands in canonical layouts",
+                 "the CNN backward puts convolution operands in canonical layouts and its "
+                 "dense part materialises Δᵀ for ∂L/∂W = Δᵀ A (backprop.delta_t_a)",
     "scatter": "ŷ − e_y as a scatter: autodiff's transpose of the label lookup (take), "
                "the manual batch forms' subtraction at each label",
     "gather": "label lookups (take) of the loss",
