@@ -115,3 +115,16 @@ def test_kinks_detected_not_counted():
         lambda p: net.loss(p, X, Y), params, pattern_fn=lambda p: net.kink_pattern(p, X))
     auto = jax.flatten_util.ravel_pytree(jax.grad(net.loss)(params, X, Y))[0]
     assert kinks[0] and abs(fd[0] - auto[0]) > 0.1
+
+
+def test_delta_t_a_is_the_sum_of_outer_products():
+    # Δᵀ A = Σ_i δ(i) a(i)ᵀ, also under jax.grad and jax.vmap (the barriers are transparent)
+    D = jax.random.normal(jax.random.key(0), (5, 3), jnp.float64)
+    A = jax.random.normal(jax.random.key(1), (5, 4), jnp.float64)
+    outer = sum(np.outer(np.asarray(D[i]), np.asarray(A[i])) for i in range(5))
+    np.testing.assert_allclose(backprop.delta_t_a(D, A), outer, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(jax.jit(backprop.delta_t_a)(D, A), outer, rtol=1e-13, atol=1e-14)
+    grad = jax.grad(lambda D: jnp.sum(backprop.delta_t_a(D, A) ** 2))(D)
+    np.testing.assert_allclose(grad, 2 * A @ (D.T @ A).T, rtol=1e-13)
+    batched = jax.vmap(backprop.delta_t_a)(jnp.stack([D, 2 * D]), jnp.stack([A, A]))
+    np.testing.assert_allclose(batched[1], 2 * outer, rtol=1e-13, atol=1e-14)
