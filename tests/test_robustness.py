@@ -180,12 +180,6 @@ BAD = {
         r"targets of shape \(5, 2\)"),
     "batch_indices: batch of 0": (lambda: sgd.batch_indices(KEY, 5, 0), ValueError,
                                   r"batch_size must be an int in \[1, m=5\], got 0"),
-    "permutation: m a float": (lambda: sgd.permutation(KEY, 3.0), ValueError,
-                               r"m must be an int >= 0, got 3.0"),
-    "argsort_keys: int32 keys": (lambda: sgd.argsort_keys(jnp.arange(3, dtype=jnp.int32)),
-                                 TypeError, r"1-D uint32 array, got int32 of shape \(3,\)"),
-    "argsort_keys: 2-D keys": (lambda: sgd.argsort_keys(jnp.zeros((2, 2), jnp.uint32)),
-                               TypeError, r"1-D uint32 array, got uint32 of shape \(2, 2\)"),
 }
 
 
