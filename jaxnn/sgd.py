@@ -99,60 +99,14 @@ def init_state(params, optimizer: optax.GradientTransformation | None):
     return () if optimizer is None else optimizer.init(params)
 
 
-def argsort_keys(keys: jax.Array) -> jax.Array:
-    """Stable ascending argsort of uint32 keys (m,): ``lax.sort_key_val(keys, arange(m))[1]``.
-
-    XLA's CPU backend sorts several operands through a compiled comparator that it calls
-    once per comparison, but one operand of a native type directly: for 1,600 keys the
-    (key, index) sort takes about 250 µs and the keys alone 36 µs. When no two keys are
-    equal, the index that lands at position j is the one whose key has rank j among the
-    sorted keys, found by binary search and scattered; with a tie (probability about
-    m²/2³³) the (key, index) sort runs instead, so the result is the same either way.
-    """
-    m = keys.shape[0]
-    index = jnp.arange(m)
-    sorted_keys = jnp.sort(keys)
-
-    def by_rank(_):
-        rank = jnp.searchsorted(sorted_keys, keys, method="scan_unrolled")
-        return jnp.zeros_like(index).at[rank].set(index, unique_indices=True)
-
-    def by_pairs(_):
-        return jax.lax.sort_key_val(keys, index)[1]
-
-    tie = jnp.any(sorted_keys[1:] == sorted_keys[:-1])
-    return jax.lax.cond(tie, by_pairs, by_rank, None)
-
-
-@functools.partial(jax.jit, static_argnums=1)  # one compilation per m, also when called eagerly
-def permutation(key: jax.Array, m: int) -> jax.Array:
-    """The indices ``jax.random.permutation(key, m)`` returns, drawn faster on the CPU.
-
-    The same algorithm: ⌈3 ln m / ln(2³² − 1)⌉ rounds (one up to m = 1,625, two up to
-    2.6 million), each splitting the key and stably sorting the indices by 32 fresh
-    random bits apiece, here with ``argsort_keys``. On 2 CPU cores a shuffle of 1,600
-    indices takes 0.5-0.65x the time, one of 60,000 about 0.2x, and the scanned epoch
-    of the 64-128-10 network 0.91-0.94x.
-    """
-    x = jnp.arange(m)
-    rounds = math.ceil(3 * math.log(max(1, m)) / math.log(np.iinfo(np.uint32).max))
-    for _ in range(rounds):
-        key, subkey = jax.random.split(key)
-        x = x[argsort_keys(jax.random.bits(subkey, (m,), jnp.uint32))]
-    return x
-
-
 def batch_indices(key: jax.Array, m: int, batch_size: int) -> jax.Array:
-    """Indices of floor(m / batch_size) shuffled minibatches, shape (n_batches, batch_size).
-
-    The permutation is ``jax.random.permutation(key, m)``'s (see ``permutation``).
-    """
+    """Indices of floor(m / batch_size) shuffled minibatches, shape (n_batches, batch_size)."""
     if not _is_int(m) or m < 0:
         raise ValueError(f"m must be an int >= 0, got {m!r}")
     if not _is_int(batch_size) or not 1 <= batch_size <= max(m, 1):
         raise ValueError(f"batch_size must be an int in [1, m={m}], got {batch_size!r}")
     n_batches = m // batch_size
-    return permutation(key, m)[: n_batches * batch_size].reshape(n_batches, -1)
+    return jax.random.permutation(key, m)[: n_batches * batch_size].reshape(n_batches, -1)
 
 
 def all_finite(*trees) -> jax.Array:
