@@ -168,6 +168,32 @@ def delta_t_a(Delta: jax.Array, A: jax.Array) -> jax.Array:
     return jax.lax.optimization_barrier(Delta_T @ A)
 
 
+def deltas_rows(
+    params: Params,
+    Zs: list[jax.Array],
+    Delta_N: jax.Array,
+    g_prime: Callable[[jax.Array], jax.Array],
+) -> tuple[list[jax.Array], jax.Array]:
+    """The δ recursion alone, examples as rows: Δ^[l]ᵀ = (Δ^[l+1]ᵀ W^[l+1]) ∘ g'(Z^[l]ᵀ).
+
+    Args:
+      Zs: Z^[l]ᵀ of ``forward_rows_cache``, each (m, n_l).
+      Delta_N: δ^[N] of every example as rows, (m, n_N).
+    Returns:
+      (Deltas, Delta_0): Deltas[l-1] = Δ^[l]ᵀ of shape (m, n_l) for l = 1..N, and
+      Delta_0 = Δ^[1]ᵀ W^[1] of shape (m, n_0), row i being ∂L_i/∂a^[0](i).
+    """
+    N = len(params)
+    Deltas: list[jax.Array] = [None] * N
+    Delta = Delta_N
+    for l in range(N, 0, -1):
+        Deltas[l - 1] = Delta
+        back = Delta @ params[l - 1]["W"]
+        if l > 1:
+            Delta = back * g_prime(Zs[l - 2])
+    return Deltas, back
+
+
 def backward_rows(
     params: Params,
     Zs: list[jax.Array],
@@ -191,16 +217,11 @@ def backward_rows(
       (grads of the mean loss, Delta_0) with Delta_0 = Δ^[1]ᵀ W^[1] of shape (m, n_0):
       row i is ∂L_i/∂a^[0](i) (per example, not divided by m).
     """
-    N = len(params)
     m = Delta_N.shape[0]
-    grads: Params = [None] * N
-    Delta = Delta_N
-    for l in range(N, 0, -1):
-        grads[l - 1] = {"W": delta_t_a(Delta, As[l - 1]) / m, "b": jnp.sum(Delta, axis=0) / m}
-        back = Delta @ params[l - 1]["W"]
-        if l > 1:
-            Delta = back * g_prime(Zs[l - 2])
-    return grads, back
+    Deltas, Delta_0 = deltas_rows(params, Zs, Delta_N, g_prime)
+    grads = [{"W": delta_t_a(Delta, A) / m, "b": jnp.sum(Delta, axis=0) / m}
+             for Delta, A in zip(Deltas, As[:-1], strict=True)]
+    return grads, Delta_0
 
 
 def grad_rows(
@@ -216,6 +237,105 @@ def grad_rows(
     grads, _ = backward_rows(params, Zs, As, Delta_N, activations.get(hidden).g_prime)
     per_loss = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))(output, loss, Zs[-1], Y)
     return jnp.mean(per_loss), grads
+
+
+BLOCK_BYTES = 8 * 2**20
+
+
+def max_abs(x: ArrayLike) -> jax.Array:
+    """max |x| (0 for an empty x), ∞ when x holds a NaN.
+
+    NaN becomes ∞ before the max: XLA's CPU backend drops NaN from a max over more than
+    a few thousand numbers (a (96, 2049) array with one NaN: ``jnp.max`` gives 0.0).
+    """
+    x = jnp.asarray(x)
+    return jnp.max(jnp.where(jnp.isnan(x), jnp.inf, jnp.abs(x)), initial=0.0)
+
+
+def gradient_bound(Delta: jax.Array, A: jax.Array) -> jax.Array:
+    """A bound of every |(Δᵀ A)_jk| = |Σ_i δ_ij a_ik|: m · max |δ_ij| · max |a_ik|.
+
+    Delta: (m, n_l); A: (m, n_{l-1}). Returns a scalar, ∞ or NaN (∞ · 0) when Δ or A
+    holds a NaN or ∞, so ``bound < limit`` is False for every non-finite input.
+    """
+    return Delta.shape[0] * max_abs(Delta) * max_abs(A)
+
+
+def descend_weights(W: jax.Array, Delta: jax.Array, A: jax.Array, alpha, apply: jax.Array,
+                    block_bytes: int = BLOCK_BYTES) -> jax.Array:
+    """W^[l] - α ∂L/∂W^[l], ∂L/∂W^[l] = Δ^[l] A^[l-1]ᵀ / m, never holding ∂L/∂W^[l] whole.
+
+    Rows j..j+r of ∂L/∂W^[l] are (Δᵀ)[j:j+r] A / m: each block of r rows is computed,
+    subtracted and written back into W before the next one (a ``fori_loop`` of
+    ``dynamic_update_slice``, which XLA runs in W's own buffer when W is donated), so a
+    step holds r·n_{l-1} numbers of gradient instead of n_l·n_{l-1}. r is the largest
+    number of rows within ``block_bytes``. Where ``apply`` is False, W comes back as it was.
+
+    W: (n_l, n_{l-1}); Delta: Δ^[l]ᵀ, (m, n_l); A: A^[l-1]ᵀ, (m, n_{l-1}); apply: bool ().
+    """
+    m = Delta.shape[0]
+    n, k = W.shape
+    Delta_T = jax.lax.optimization_barrier(Delta.T)  # read row by row (see delta_t_a)
+
+    def rows(W, start, size):
+        old = jax.lax.dynamic_slice_in_dim(W, start, size)
+        dW = (jax.lax.dynamic_slice_in_dim(Delta_T, start, size) @ A) / m
+        new = jnp.where(apply, old - alpha * dW, old)
+        return jax.lax.dynamic_update_slice_in_dim(W, new, start, 0)
+
+    r = max(1, min(n, block_bytes // max(1, k * W.dtype.itemsize)))
+    if r == n:
+        return rows(W, 0, n)
+    W = jax.lax.fori_loop(0, n // r, lambda i, W: rows(W, i * r, r), W)
+    return W if n % r == 0 else rows(W, n - n % r, n % r)
+
+
+def descend_rows(
+    params: Params, X: ArrayLike, Y: ArrayLike, alpha, hidden: str, output: str, loss: str,
+    allow: jax.Array | None = None, in_place: bool = True, block_bytes: int = BLOCK_BYTES,
+) -> tuple[Params, jax.Array, jax.Array]:
+    """One step of gradient descent, θ <- θ - α ∂L/∂θ, by the δ recursion in rows.
+
+    The numbers of ``update(params, grad_rows(...)[1], alpha)`` up to rounding, without
+    its memory: every Δ^[l] is found first (the recursion reads the old W^[l+1]), then
+    each W^[l] is updated in place block by block (``descend_weights``), so no ∂L/∂W^[l]
+    is ever held whole (a 4096×4096 layer's is 64 MiB in float32).
+
+    The step is applied only when ``ok`` and ``allow``: ok says that the loss and every
+    ∂L/∂θ are certainly finite, the loss finite, every |δ| below a quarter of the
+    dtype's largest number and so every ``gradient_bound`` (a sum of m products, less
+    than m·ε relative rounding for m < 2^20, cannot then overflow; NaN or ∞ in any
+    Δ^[l] or A^[l] fails it). With ``allow=None`` the step is applied whatever ok says;
+    then ``in_place`` still orders every update after ok, that is after the whole
+    recursion, so that XLA updates donated parameters in their own buffers (with
+    ``in_place=False``, for parameters that are not donated, ok is only returned).
+
+    X: (m, n_0); Y: (m, n_N) or (m,) labels. Returns (new params, mean loss, ok).
+    """
+    Zs, As = forward_rows_cache(params, X, hidden, output)
+    m = Zs[-1].shape[0]
+    Delta_N = losses.delta_output_rows(output, loss, Zs[-1], Y)
+    Deltas, _ = deltas_rows(params, Zs, Delta_N, activations.get(hidden).g_prime)
+    per_loss = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))(output, loss, Zs[-1], Y)
+    mean_loss = jnp.mean(per_loss)
+    limit = jnp.finfo(Delta_N.dtype).max / 4
+    ok = jnp.isfinite(mean_loss)
+    for Delta, A in zip(Deltas, As[:-1], strict=True):
+        ok = ok & (max_abs(Delta) < limit) & (gradient_bound(Delta, A) < limit)
+    if allow is None and not in_place:
+        apply = jnp.bool_(True)
+    elif allow is None:
+        # True at run time, but XLA cannot see it: every W^[l] update then waits for ok,
+        # that is for every Δ, and runs in place after the recursion has read the old
+        # W^[l]. With a plain True (or a barrier on the Δ's) XLA copies each W first
+        # (64 MiB for a 4096×4096 layer).
+        apply = ok | jax.lax.optimization_barrier(jnp.bool_(True))
+    else:
+        apply = ok & allow
+    new = [{"W": descend_weights(p["W"], Delta, A, alpha, apply, block_bytes),
+            "b": jnp.where(apply, p["b"] - alpha * (jnp.sum(Delta, axis=0) / m), p["b"])}
+           for p, Delta, A in zip(params, Deltas, As[:-1], strict=True)]
+    return new, mean_loss, ok
 
 
 def cnn_grad(model, params, X: ArrayLike, Y: ArrayLike) -> tuple[jax.Array, dict]:

@@ -12,6 +12,12 @@ so it can be a static argument of ``jax.jit``, and offers the same methods:
     accuracy(params, X, Y)          -> fraction right, or None for regression
     check(params, X, Y)             -> raises ValueError/TypeError on inconsistent input
 
+and optionally, where ``descends_in_place`` is True (``DenseNetwork`` in the rows form):
+
+    manual_descent(params, X, Y, alpha, allow)
+                                    -> (new params, mean loss, ok): one step of gradient
+                                       descent by the δ recursion, updated in place
+
 ``jaxnn.sgd`` and ``jaxnn.gradcheck`` take any such model.
 """
 
@@ -81,6 +87,22 @@ class DenseNetwork:
         """(mean loss, ∂loss/∂params) by the hand-written δ recursion; no autodiff."""
         self.check(params, X, Y)
         return GRAD_FORMS[self.grad_form](params, X, Y, self.hidden, self.output, self.loss_name)
+
+    @property
+    def descends_in_place(self) -> bool:
+        """Whether ``jaxnn.sgd`` trains with ``manual_descent``: in the rows form (default)."""
+        return self.grad_form == "rows"
+
+    def manual_descent(self, params, X: ArrayLike, Y: ArrayLike, alpha, allow=None,
+                       in_place: bool = True):
+        """(new params, mean loss, ok): θ <- θ - α ∂L/∂θ by ``backprop.descend_rows``.
+
+        The explicit update with the manual gradient, each W^[l] updated block by block
+        so that no ∂L/∂W^[l] is held whole; applied where ok and allow (None: always).
+        """
+        self.check(params, X, Y)
+        return backprop.descend_rows(params, X, Y, alpha, self.hidden, self.output,
+                                     self.loss_name, allow, in_place)
 
     def accuracy(self, params, X: ArrayLike, Y: ArrayLike):
         """Fraction of examples classified right; None for a regression loss."""

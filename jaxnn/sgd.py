@@ -13,12 +13,21 @@ end of that permutation sit out that epoch (a different few each epoch).
 A non-finite loss or gradient is detected inside the scan without a host sync per
 step: from that step on the update is skipped, so the parameters stay the last finite
 ones, and at the end of the epoch ``train`` raises ``NonFiniteError`` naming the
-epoch and step. Skipping costs memory: the decision whether to apply a step waits for
-every gradient, which must all be held at once, and the update keeps the old
-parameters beside the new (an mlp_wide epoch: 304 instead of 248 MiB of XLA buffers).
-With ``skip_nonfinite=False`` each step updates as its gradients arrive and the error
+epoch and step. With ``skip_nonfinite=False`` every step is applied and the error
 still names the first bad step, but the parameters it carries are those at the end of
 the epoch, non-finite ones included.
+
+Memory. The manual gradient with the explicit update, on a model that offers it
+(``DenseNetwork`` in its default rows form) and a layer whose ∂L/∂W^[l] is over 8 MiB,
+runs as ``model.manual_descent`` (``descends``): each W^[l] is updated block by block
+in its own buffer after the δ recursion, no ∂L/∂W^[l] held whole, and a step is skipped
+when the loss is non-finite or a gradient is not certainly finite
+(``backprop.descend_rows``). Every other step (``jax.grad``, an optax optimiser, a CNN,
+a small network) computes the whole gradient and then updates; skipping then costs
+memory, as the decision waits for every gradient, all held at once, and the update
+keeps the old parameters beside the new. XLA's buffers for an mlp_wide epoch
+(``experiments.benchmark``): 192 MiB in place, with or without skipping; with the whole
+gradient first, 304 MiB skipping and 248 without.
 """
 
 import functools
@@ -32,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnn import backprop
 from jaxnn.initializers import check_key
 
 SOURCES = ("manual", "autodiff")
@@ -64,7 +74,29 @@ def gradient(model, source: str) -> Callable:
     raise ValueError(f"gradient source must be one of {SOURCES}, got {source!r}")
 
 
+def descends(model, source: str, optimizer, params) -> bool:
+    """Whether the step runs as ``model.manual_descent``, each W^[l] updated in place.
+
+    It does for the manual gradient with the explicit update, on a model that offers the
+    descent, when some ∂L/∂W^[l] would be larger than one block
+    (``backprop.BLOCK_BYTES``, 8 MiB). Smaller networks compute their whole, small,
+    gradient first, in fewer operations: in place, the 64-128-10 network's scanned
+    step took 1.1x as long, the 784-512-512-10 network's 1.03x
+    (``experiments.benchmark``'s workloads), the 4096-wide one's 0.95x.
+    """
+    if source != "manual" or optimizer is not None:
+        return False
+    if not getattr(model, "descends_in_place", False):
+        return False
+    return max(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) > backprop.BLOCK_BYTES
+
+
 def _step(params, opt_state, X, Y, alpha, model, source, optimizer):
+    """(new params, new opt_state, loss, grads); grads is None for ``model.manual_descent``."""
+    if descends(model, source, optimizer, params):
+        params, loss, _ = model.manual_descent(params, X, Y, alpha,
+                                               in_place=bool(_donate()))
+        return params, opt_state, loss, None
     loss, grads = gradient(model, source)(params, X, Y)
     if optimizer is None:
         return update(params, grads, alpha), opt_state, loss, grads
@@ -122,6 +154,10 @@ def guarded_step(carry, step, X, Y, alpha, model, source, optimizer, skip_nonfin
     Returns (carry, loss).
     """
     params, opt_state, bad = carry
+    if descends(model, source, optimizer, params):
+        params, loss, ok = model.manual_descent(params, X, Y, alpha,
+                                                (bad < 0) if skip_nonfinite else None)
+        return (params, opt_state, jnp.where((bad < 0) & ~ok, step, bad)), loss
     new_params, new_state, loss, grads = _step(
         params, opt_state, X, Y, alpha, model, source, optimizer)
     if not skip_nonfinite:

@@ -128,3 +128,84 @@ def test_delta_t_a_is_the_sum_of_outer_products():
     np.testing.assert_allclose(grad, 2 * A @ (D.T @ A).T, rtol=1e-13)
     batched = jax.vmap(backprop.delta_t_a)(jnp.stack([D, 2 * D]), jnp.stack([A, A]))
     np.testing.assert_allclose(batched[1], 2 * outer, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("output, loss", PAIRS)
+@pytest.mark.parametrize("block_bytes", [80, backprop.BLOCK_BYTES])
+def test_descend_rows_is_one_step_of_gradient_descent(output, loss, block_bytes):
+    # 80 bytes = 2 float64 rows of 5: blocks of 2 rows and a last block of 1 in every layer
+    net, params, X, Y = problem("tanh", output, loss, 3, jnp.float64)
+    new, mean_loss, ok = backprop.descend_rows(params, X, Y, 0.3, "tanh", output, loss,
+                                               block_bytes=block_bytes)
+    manual_loss, manual = backprop.grad_rows(params, X, Y, "tanh", output, loss)
+    auto = jax.grad(net.loss)(params, X, Y)
+    assert bool(ok)
+    np.testing.assert_allclose(mean_loss, manual_loss, rtol=1e-15)
+    for p, got, g, a in zip(jax.tree.leaves(params), jax.tree.leaves(new),
+                            jax.tree.leaves(manual), jax.tree.leaves(auto), strict=True):
+        np.testing.assert_allclose(got, p - 0.3 * g, rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(got, p - 0.3 * a, rtol=1e-12, atol=1e-13)
+
+
+def test_descend_rows_applies_only_certainly_finite_steps():
+    net, params, X, Y = problem("relu", "softmax", "softmax", 3, jnp.float32)
+    step = jax.jit(lambda p, X, allow: backprop.descend_rows(
+        p, X, Y, 0.1, "relu", "softmax", "softmax", allow, block_bytes=40))
+
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
+                                                        jax.tree.leaves(b), strict=True))
+
+    new, _, ok = step(params, X, True)
+    assert bool(ok) and not same(new, params)
+    new, _, ok = step(params, X, False)  # allow=False: as it was, bit for bit
+    assert bool(ok) and same(new, params)
+    bad_X = X.at[2, 1].set(jnp.nan)
+    new, _, ok = step(params, bad_X, True)
+    assert not bool(ok) and same(new, params)
+    new, _, ok = backprop.descend_rows(params, bad_X, Y, 0.1, "relu", "softmax", "softmax")
+    assert not bool(ok) and not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(new))
+    # Δᵀ A finite (Σ_i 2 · 1e37 = 1.6e38 < 3.4e38), but its bound past a quarter of
+    # float32's largest: refused, as a sum that could overflow
+    W = [{"W": jnp.full((1, 2), 1e-37, jnp.float32), "b": jnp.zeros(1, jnp.float32)}]
+    X_big = jnp.full((8, 2), 1e37, jnp.float32)  # z = δ = 2 for every example, y = 0
+    args = (jnp.zeros((8, 1), jnp.float32), 0.1, "relu", "identity", "squared_error")
+    new, loss, ok = backprop.descend_rows(W, X_big, *args, jnp.bool_(True))
+    assert bool(jnp.isfinite(loss)) and not bool(ok) and same(new, W)
+    _, grads = backprop.grad_rows(W, X_big, *args[:1], *args[2:])
+    assert bool(jnp.all(jnp.isfinite(grads[0]["W"])))
+
+
+def test_gradient_bound_bounds_every_entry():
+    D = jax.random.normal(jax.random.key(0), (7, 3), jnp.float64)
+    A = jax.random.normal(jax.random.key(1), (7, 4), jnp.float64)
+    bound = backprop.gradient_bound(D, A)
+    np.testing.assert_allclose(bound, 7 * np.abs(D).max() * np.abs(A).max(), rtol=1e-15)
+    assert float(jnp.max(jnp.abs(D.T @ A))) <= float(bound)
+    # reached when every row holds the largest |δ| and |a| with one sign
+    D1, A1 = jnp.array([[2.0, -1.0]] * 3), jnp.array([[3.0, 1.0]] * 3)
+    assert float(backprop.gradient_bound(D1, A1)) == float(jnp.max(jnp.abs(D1.T @ A1))) == 18
+    assert not bool(backprop.gradient_bound(D.at[3, 0].set(jnp.nan), A) < 1e300)
+    # one NaN among many: XLA's CPU max over a large array drops it, max_abs does not
+    big = jnp.zeros((96, 2049), jnp.float32).at[40, 7].set(jnp.nan)
+    assert float(jax.jit(backprop.max_abs)(big)) == float("inf")
+    assert not bool(jax.jit(backprop.gradient_bound)(jnp.ones((96, 3)), big) < 1e30)
+    assert not bool(backprop.gradient_bound(D, A.at[0, 0].set(jnp.inf)) < 1e300)
+    assert not bool(backprop.gradient_bound(D.at[0, 0].set(jnp.inf), 0 * A) < 1e300)
+
+
+def test_descend_weights_holds_one_block_of_the_gradient():
+    # XLA's accounting with W donated: a 1 MiB ∂L/∂W computed 128 KiB at a time
+    W = jnp.zeros((512, 512), jnp.float32)
+    Delta = jax.random.normal(jax.random.key(0), (64, 512), jnp.float32)
+    A = jax.random.normal(jax.random.key(1), (64, 512), jnp.float32)
+    temp = {}
+    for block in (W.nbytes, W.nbytes // 8):
+        fn = jax.jit(lambda W, b=block: backprop.descend_weights(W, Delta, A, 0.1,
+                                                                  jnp.bool_(True), b),
+                     donate_argnums=0)
+        temp[block] = fn.lower(W).compile().memory_analysis().temp_size_in_bytes
+        np.testing.assert_allclose(fn(jnp.zeros_like(W)), -0.1 * (Delta.T @ A) / 64,
+                                   rtol=1e-5, atol=1e-6)
+    assert temp[W.nbytes] >= W.nbytes
+    assert temp[W.nbytes // 8] < W.nbytes // 4

@@ -121,23 +121,45 @@ def test_without_skipping_same_run_and_same_bad_step():
     assert not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(errors[1].params))
 
 
-def test_skipping_nonfinite_steps_costs_memory():
-    """XLA's buffer accounting of an epoch: skipping holds more (mlp_wide: 0.42x the params)."""
-    net = DenseNetwork((256, 512, 512, 10), "relu", "softmax", "softmax")
+def test_in_place_descent_and_the_memory_of_skipping():
+    """XLA's buffer accounting of an epoch (mlp_wide: 192 MiB in place, 304 and 248 MiB
+    with jax.grad skipping and not)."""
+    net = DenseNetwork((64, 2048, 2048, 10), "relu", "softmax", "softmax")
     params = net.init(jax.random.key(0), dtype=jnp.float32)
-    X = jax.random.normal(jax.random.key(1), (64, 256), jnp.float32)
+    X = jax.random.normal(jax.random.key(1), (64, 64), jnp.float32)
     Y = jax.random.randint(jax.random.key(2), (64,), 0, 10)
     params_bytes = sum(p.nbytes for p in jax.tree.leaves(params))
-    total = {}
-    for skip in (True, False):
-        compiled = sgd.epoch_donating.lower(
-            params, (), X, Y, jax.random.key(3), jnp.float32(0.1), model=net, source="manual",
-            optimizer=None, batch_size=32, skip_nonfinite=skip).compile()
-        m = compiled.memory_analysis()
-        assert m.alias_size_in_bytes >= params_bytes  # params donated: updated in place
-        total[skip] = (m.argument_size_in_bytes + m.output_size_in_bytes
-                       - m.alias_size_in_bytes + m.temp_size_in_bytes)
-    assert total[True] - total[False] > 0.25 * params_bytes
+    W_bytes = params[1]["W"].nbytes  # 16 MiB, updated in two blocks of 8 MiB in place
+    total, temp = {}, {}
+    for source in ("manual", "autodiff"):
+        for skip in (True, False):
+            compiled = sgd.epoch_donating.lower(
+                params, (), X, Y, jax.random.key(3), jnp.float32(0.1), model=net,
+                source=source, optimizer=None, batch_size=32, skip_nonfinite=skip).compile()
+            m = compiled.memory_analysis()
+            assert m.alias_size_in_bytes >= params_bytes  # params donated: updated in place
+            temp[source, skip] = m.temp_size_in_bytes
+            total[source, skip] = (m.argument_size_in_bytes + m.output_size_in_bytes
+                                   - m.alias_size_in_bytes + m.temp_size_in_bytes)
+    # jax.grad then update: a whole ∂L/∂W at least; skipping holds every gradient
+    assert temp["autodiff", False] >= W_bytes
+    assert total["autodiff", True] - total["autodiff", False] > 2 * params[0]["W"].nbytes
+    # manual_descent: less than one ∂L/∂W, and skipping costs nothing
+    assert temp["manual", True] < 0.6 * W_bytes
+    assert abs(total["manual", True] - total["manual", False]) < 1024
+
+
+def test_descent_used_for_manual_explicit_rows_with_a_large_layer():
+    net = DenseNetwork((2049, 1024, 2))  # ∂L/∂W^[1]: 8 MiB + 4 KiB in float32
+    big = jax.eval_shape(lambda: net.init(jax.random.key(0), dtype=jnp.float32))
+    small = jax.eval_shape(lambda: DenseNetwork((2048, 1024, 2)).init(jax.random.key(0),
+                                                                       dtype=jnp.float32))
+    assert sgd.descends(net, "manual", None, big)
+    assert not sgd.descends(net, "manual", None, small)
+    assert not sgd.descends(net, "autodiff", None, big)
+    assert not sgd.descends(net, "manual", optax.sgd(0.1), big)
+    assert not sgd.descends(DenseNetwork((2049, 1024, 2), grad_form="matrix"), "manual", None,
+                            big)
 
 
 @pytest.mark.parametrize(
@@ -158,3 +180,37 @@ def test_bad_config(kwargs, error, match):
     config = {"key": jax.random.key(0), "alpha": 0.1, "epochs": 1, "batch_size": 4} | kwargs
     with pytest.raises(error, match=match):
         sgd.train(net, params, X, Y, **config)
+
+
+def test_in_place_descent_trains_as_the_whole_gradient_does():
+    # a layer over one block: manual steps run as model.manual_descent (in place)
+    net = DenseNetwork((2049, 1024, 3), "relu", "softmax", "softmax")
+    params = net.init(jax.random.key(0), dtype=jnp.float32)
+    X = jax.random.normal(jax.random.key(1), (96, 2049), jnp.float32)
+    Y = jax.random.randint(jax.random.key(2), (96,), 0, 3)
+    assert sgd.descends(net, "manual", None, params)
+    config = {"key": jax.random.key(3), "alpha": 0.01, "epochs": 2, "batch_size": 32}
+    runs = {s: sgd.train(net, params, X, Y, source=s, **config) for s in ("manual", "autodiff")}
+    unkept, _ = sgd.train(net, params, X, Y, skip_nonfinite=False, **config)
+    for a, b, c in zip(*(jax.tree.leaves(r[0]) for r in runs.values()), jax.tree.leaves(unkept),
+                       strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(a, c)
+    np.testing.assert_allclose(runs["manual"][1]["loss"], runs["autodiff"][1]["loss"], rtol=1e-5)
+    step = sgd.make_step(net, "manual")
+    new, _, loss = step(params, (), X[:32], Y[:32], jnp.float32(0.01))
+    _, grads = net.manual_grad(params, X[:32], Y[:32])
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(sgd.update(params, grads, 0.01)),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    bad_X = X.at[40, 7].set(jnp.nan)
+    errors = {}
+    for source in ("manual", "autodiff"):
+        with pytest.raises(sgd.NonFiniteError) as info:
+            sgd.train(net, params, bad_X, Y, source=source, **config)
+        errors[source] = info.value
+    assert (errors["manual"].epoch, errors["manual"].step) == (
+        errors["autodiff"].epoch, errors["autodiff"].step) == (0, errors["manual"].step)
+    for a, b in zip(jax.tree.leaves(errors["manual"].params),
+                    jax.tree.leaves(errors["autodiff"].params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # the last finite ones
