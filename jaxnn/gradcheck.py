@@ -31,6 +31,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
+from jaxnn.backprop import max_abs
+
 
 def relative_error(a: ArrayLike, b: ArrayLike, floor: float | None = None) -> jax.Array:
     """|a - b| / max(|a|, |b|, floor), element-wise; 0 where a == b.
@@ -63,7 +65,8 @@ def compare_trees(a, b, floor: float | None = None) -> dict[str, float]:
         raise ValueError(
             f"trees differ in structure: {jax.tree.structure(a)} vs {jax.tree.structure(b)}"
         )
-    errors = [float(jnp.max(relative_error(x, y, floor), initial=0.0))
+    # max_abs, not jnp.max: a NaN must count as an infinite error (see backprop.max_abs)
+    errors = [float(max_abs(relative_error(x, y, floor)))
               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)]
     return dict(zip(leaf_names(a), errors, strict=True))
 
@@ -77,9 +80,11 @@ def compare_trees_scaled(a, b) -> dict[str, float]:
     names = leaf_names(a)
     out = {}
     for name, x, y in zip(names, jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        scale = float(jnp.max(jnp.abs(y), initial=0.0))
-        diff = float(jnp.max(jnp.abs(x - y), initial=0.0))
-        out[name] = 0.0 if diff == 0 else diff / (scale or float("inf"))
+        scale, diff = float(max_abs(y)), float(max_abs(jnp.asarray(x) - jnp.asarray(y)))
+        if diff == 0:
+            out[name] = 0.0
+        else:  # a NaN or ∞ in either leaf makes diff ∞, and so the error
+            out[name] = diff / scale if 0 < scale < float("inf") else float("inf")
     return out
 
 

@@ -35,6 +35,18 @@ def test_scaled_difference_ignores_entries_zero_up_to_rounding():
     assert gradcheck.compare_trees_scaled(a, b)["[0]"] == 1e-20
 
 
+def test_a_nan_or_a_zero_reference_is_an_infinite_error():
+    # one NaN among 196,704 numbers: XLA's CPU max over so many drops it; the report may not
+    good = jnp.ones((96, 2049), jnp.float32)
+    bad = good.at[40, 7].set(jnp.nan)
+    for a, b in ((good, bad), (bad, good), (bad, bad)):
+        assert gradcheck.compare_trees([a], [b]) == {"[0]": float("inf")}
+        assert gradcheck.compare_trees_scaled([a], [b]) == {"[0]": float("inf")}
+    # a gradient where the reference is all zero is infinitely wrong, the same is right
+    assert gradcheck.compare_trees_scaled([good], [0 * good]) == {"[0]": float("inf")}
+    assert gradcheck.compare_trees_scaled([0 * good], [0 * good]) == {"[0]": 0.0}
+
+
 def test_detects_a_wrong_manual_gradient():
     net, params, X, Y = problem("tanh", "softmax", "softmax", 2)
 
