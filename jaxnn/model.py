@@ -93,8 +93,7 @@ class DenseNetwork:
         """Whether ``jaxnn.sgd`` trains with ``manual_descent``: in the rows form (default)."""
         return self.grad_form == "rows"
 
-    def manual_descent(self, params, X: ArrayLike, Y: ArrayLike, alpha, allow=None,
-                       in_place: bool = True):
+    def manual_descent(self, params, X: ArrayLike, Y: ArrayLike, alpha, allow=None):
         """(new params, mean loss, ok): θ <- θ - α ∂L/∂θ by ``backprop.descend_rows``.
 
         The explicit update with the manual gradient, each W^[l] updated block by block
@@ -102,7 +101,7 @@ class DenseNetwork:
         """
         self.check(params, X, Y)
         return backprop.descend_rows(params, X, Y, alpha, self.hidden, self.output,
-                                     self.loss_name, allow, in_place)
+                                     self.loss_name, allow)
 
     def accuracy(self, params, X: ArrayLike, Y: ArrayLike):
         """Fraction of examples classified right; None for a regression loss."""

@@ -264,7 +264,7 @@ def _donate() -> tuple[int, ...]:
 
 def _step(params, opt_state, X, Y, alpha, model, source, optimizer):
     params, opt_state, loss, _ = sgd._step(params, opt_state, X, Y, alpha, model, source,
-                                           optimizer)
+                                           optimizer, bool(sgd._donate()))
     return params, opt_state, loss
 
 

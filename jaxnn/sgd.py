@@ -91,11 +91,15 @@ def descends(model, source: str, optimizer, params) -> bool:
     return max(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) > backprop.BLOCK_BYTES
 
 
-def _step(params, opt_state, X, Y, alpha, model, source, optimizer):
-    """(new params, new opt_state, loss, grads); grads is None for ``model.manual_descent``."""
-    if descends(model, source, optimizer, params):
-        params, loss, _ = model.manual_descent(params, X, Y, alpha,
-                                               in_place=bool(_donate()))
+def _step(params, opt_state, X, Y, alpha, model, source, optimizer, donated=False):
+    """(new params, new opt_state, loss, grads); grads is None for ``model.manual_descent``.
+
+    The descent runs only where params are ``donated``: otherwise XLA must first copy
+    every W^[l] into a new buffer, and the in-place update saves nothing (an mlp_wide
+    step on the CPU, which does not donate, took 1.05x the time).
+    """
+    if donated and descends(model, source, optimizer, params):
+        params, loss, _ = model.manual_descent(params, X, Y, alpha)
         return params, opt_state, loss, None
     loss, grads = gradient(model, source)(params, X, Y)
     if optimizer is None:
@@ -120,7 +124,7 @@ def make_step(model, source: str = "manual", optimizer: optax.GradientTransforma
     def step(params, opt_state, X, Y, alpha):
         model.check(params, X, Y)  # shapes and dtypes: checked once, when traced
         params, opt_state, loss, _ = _step(params, opt_state, X, Y, alpha, model, source,
-                                           optimizer)
+                                           optimizer, bool(_donate()))
         return params, opt_state, loss
 
     return jax.jit(step, donate_argnames=_donate())

@@ -77,9 +77,9 @@ class CountingNetwork(DenseNetwork):
         TRACES["manual"] += 1
         return super().manual_grad(params, X, Y)
 
-    def manual_descent(self, params, X, Y, alpha, allow=None, in_place=True):
+    def manual_descent(self, params, X, Y, alpha, allow=None):
         TRACES["manual"] += 1  # the manual step's form with the explicit update
-        return super().manual_descent(params, X, Y, alpha, allow, in_place)
+        return super().manual_descent(params, X, Y, alpha, allow)
 
 
 TRACES = {"manual": 0, "autodiff": 0}
