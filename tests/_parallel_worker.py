@@ -87,6 +87,9 @@ CASES = {
     "dense-manual-momentum": dense("manual", optax.sgd(0.05, momentum=0.9)),
     # W^[1], W^[2] and their momentum split by rows over a "model" axis of 2
     "dense-model-axis": dense("manual", optax.sgd(0.05, momentum=0.9), (6, 32, 32, 3), 2),
+    # W^[2] (1024, 1025) is over 8 MiB: manual steps run as model.manual_descent, in place
+    "dense-in-place": dense("manual", None, (6, 1025, 1024, 3)),
+    "dense-in-place-model-axis": dense("manual", None, (6, 1025, 1024, 3), 2),
     "cnn-manual": cnn("manual"),
     "cnn-autodiff": cnn("autodiff"),
 }

@@ -280,7 +280,19 @@ def eight_devices(subprocess_runs):
 def test_eight_devices_equal_one_device(eight_devices):
     check_equal(eight_devices, devices=8, processes=1,
                 cases={"dense-manual", "dense-autodiff", "dense-manual-momentum",
-                       "cnn-manual", "cnn-autodiff"})
+                       "dense-in-place", "cnn-manual", "cnn-autodiff"})
+
+
+def test_in_place_descent_on_a_mesh_equals_one_device(eight_devices):
+    # W^[2] (1024, 1025), over 8 MiB, updated in place in blocks: the batch split over
+    # "data" costs one all-reduce and nothing gathered; W^[2]'s rows split over "model"
+    for name, specs in (("dense-in-place", ["P()"] * 6),
+                        ("dense-in-place-model-axis",
+                         ["P()", "P()", "P('model', None)", "P()", "P()", "P()"])):
+        case = eight_devices["cases"][name]
+        assert case["param_specs"] == specs, name
+        assert case["max_relative_difference"] < 1e-12, name
+    assert eight_devices["cases"]["dense-in-place"]["collectives"] == ["all-reduce"]
 
 
 def test_model_axis_splits_weight_rows_and_still_equals_one_device(eight_devices):
