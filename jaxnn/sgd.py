@@ -18,16 +18,16 @@ still names the first bad step, but the parameters it carries are those at the e
 the epoch, non-finite ones included.
 
 Memory. The manual gradient with the explicit update, on a model that offers it
-(``DenseNetwork`` in its default rows form) and a layer whose ∂L/∂W^[l] is over 8 MiB,
-runs as ``model.manual_descent`` (``descends``): each W^[l] is updated block by block
-in its own buffer after the δ recursion, no ∂L/∂W^[l] held whole, and a step is skipped
-when the loss is non-finite or a gradient is not certainly finite
-(``backprop.descend_rows``). Every other step (``jax.grad``, an optax optimiser, a CNN,
-a small network) computes the whole gradient and then updates; skipping then costs
-memory, as the decision waits for every gradient, all held at once, and the update
-keeps the old parameters beside the new. XLA's buffers for an mlp_wide epoch
-(``experiments.benchmark``): 192 MiB in place, with or without skipping; with the whole
-gradient first, 304 MiB skipping and 248 without.
+(``DenseNetwork`` in its default rows form) with a layer whose ∂L/∂W^[l] is over 8 MiB,
+and parameters that are donated (every epoch; ``make_step`` off the CPU), runs as
+``model.manual_descent`` (``descends``): each W^[l] is updated block by block in its
+own buffer after the δ recursion, no ∂L/∂W^[l] held whole, and a step is skipped when
+the loss is non-finite or a gradient is not certainly finite (``backprop.descend_rows``).
+Every other step (``jax.grad``, an optax optimiser, a CNN, a small network) computes
+the whole gradient and then updates; skipping then costs memory, as the decision waits
+for every gradient, all held at once, and the update keeps the old parameters beside
+the new. XLA's buffers for an mlp_wide epoch (``experiments.benchmark``): 192 MiB in
+place, with or without skipping; with ``jax.grad``, 288 MiB skipping and 248 without.
 """
 
 import functools
@@ -155,6 +155,9 @@ def guarded_step(carry, step, X, Y, alpha, model, source, optimizer, skip_nonfin
 
     carry = (params, opt_state, bad), bad being -1 or the first bad step's index.
     With skip_nonfinite=False the step is applied regardless (bad is still recorded).
+    A step that ``descends`` in place is bad when ``backprop.descend_rows`` cannot
+    certify its gradient finite; any other when the loss or a gradient is not finite
+    (skipping) or the loss or a new parameter is not (skip_nonfinite=False).
     Returns (carry, loss).
     """
     params, opt_state, bad = carry
@@ -205,9 +208,10 @@ def run_epoch(params, opt_state, X, Y, key, alpha, *, model, source, optimizer, 
     params and opt_state given are donated on every backend: the returned ones take
     over their buffers and the arrays passed in are deleted (``train`` passes a copy).
     Without donation the old and new parameters coexist at the end of the epoch: an
-    mlp_wide epoch (``experiments.benchmark``) needs 433 instead of 304 MiB of XLA buffers
-    (377 instead of 248 with skip_nonfinite=False), against 168 MiB of parameters and
-    one batch's activations.
+    mlp_wide epoch (``experiments.benchmark``) would need 321 instead of 192 MiB of XLA
+    buffers with the manual gradient (in place, ``descends``), and with ``jax.grad``
+    417 instead of 288 (376 instead of 248 with skip_nonfinite=False), against 168 MiB
+    of parameters and one batch's activations.
     """
     return epoch_donating(params, opt_state, X, Y, key, alpha, model=model, source=source,
                           optimizer=optimizer, batch_size=batch_size,
@@ -281,8 +285,8 @@ def train(
         after epoch e - 1 repeats the uninterrupted run exactly.
       skip_nonfinite: skip every update from the first non-finite loss or gradient of an
         epoch on, so that NonFiniteError carries the last finite params (default). False
-        saves the memory this takes (module docstring); the error's params are then the
-        epoch's last ones.
+        saves the memory this takes where the whole gradient comes first (module
+        docstring); the error's params are then the epoch's last ones.
     Returns:
       (params, history) with history {"loss": mean minibatch loss per epoch,
       "accuracy": training accuracy after each epoch (None for regression)}.
