@@ -130,13 +130,17 @@ def test_delta_t_a_is_the_sum_of_outer_products():
     np.testing.assert_allclose(batched[1], 2 * outer, rtol=1e-13, atol=1e-14)
 
 
+descend = jax.jit(backprop.descend_rows,
+                  static_argnames=("hidden", "output", "loss", "block_bytes"))
+
+
 @pytest.mark.parametrize("output, loss", PAIRS)
 @pytest.mark.parametrize("block_bytes", [80, backprop.BLOCK_BYTES])
 def test_descend_rows_is_one_step_of_gradient_descent(output, loss, block_bytes):
     # 80 bytes = 2 float64 rows of 5: blocks of 2 rows and a last block of 1 in every layer
     net, params, X, Y = problem("tanh", output, loss, 3, jnp.float64)
-    new, mean_loss, ok = backprop.descend_rows(params, X, Y, 0.3, "tanh", output, loss,
-                                               block_bytes=block_bytes)
+    new, mean_loss, ok = descend(params, X, Y, 0.3, hidden="tanh", output=output, loss=loss,
+                                 block_bytes=block_bytes)
     manual_loss, manual = backprop.grad_rows(params, X, Y, "tanh", output, loss)
     auto = jax.grad(net.loss)(params, X, Y)
     assert bool(ok)
@@ -149,8 +153,9 @@ def test_descend_rows_is_one_step_of_gradient_descent(output, loss, block_bytes)
 
 def test_descend_rows_applies_only_certainly_finite_steps():
     net, params, X, Y = problem("relu", "softmax", "softmax", 3, jnp.float32)
-    step = jax.jit(lambda p, X, allow: backprop.descend_rows(
-        p, X, Y, 0.1, "relu", "softmax", "softmax", allow, block_bytes=40))
+    def step(params, X, allow, Y=Y):
+        return descend(params, X, Y, 0.1, hidden="relu", output="softmax", loss="softmax",
+                       allow=allow, block_bytes=40)
 
     def same(a, b):
         return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
@@ -163,16 +168,17 @@ def test_descend_rows_applies_only_certainly_finite_steps():
     bad_X = X.at[2, 1].set(jnp.nan)
     new, _, ok = step(params, bad_X, True)
     assert not bool(ok) and same(new, params)
-    new, _, ok = backprop.descend_rows(params, bad_X, Y, 0.1, "relu", "softmax", "softmax")
+    new, _, ok = step(params, bad_X, None)
     assert not bool(ok) and not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(new))
     # Δᵀ A finite (Σ_i 2 · 1e37 = 1.6e38 < 3.4e38), but its bound past a quarter of
     # float32's largest: refused, as a sum that could overflow
     W = [{"W": jnp.full((1, 2), 1e-37, jnp.float32), "b": jnp.zeros(1, jnp.float32)}]
     X_big = jnp.full((8, 2), 1e37, jnp.float32)  # z = δ = 2 for every example, y = 0
-    args = (jnp.zeros((8, 1), jnp.float32), 0.1, "relu", "identity", "squared_error")
-    new, loss, ok = backprop.descend_rows(W, X_big, *args, jnp.bool_(True))
+    names = {"hidden": "relu", "output": "identity", "loss": "squared_error"}
+    Y_0 = jnp.zeros((8, 1), jnp.float32)
+    new, loss, ok = descend(W, X_big, Y_0, 0.1, allow=True, **names)
     assert bool(jnp.isfinite(loss)) and not bool(ok) and same(new, W)
-    _, grads = backprop.grad_rows(W, X_big, *args[:1], *args[2:])
+    _, grads = backprop.grad_rows(W, X_big, Y_0, *names.values())
     assert bool(jnp.all(jnp.isfinite(grads[0]["W"])))
 
 
