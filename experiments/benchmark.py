@@ -74,7 +74,7 @@ Expected (2 CPU cores): manual and autodiff within a few percent of each other o
 dense workloads (the same matrix products; single runs scatter by about ±8% on a shared
 machine; the manual ∂L/∂W products run on YNNPACK, autodiff's on Eigen) and the manual
 CNN steps faster than the autodiff ones; mlp_wide at about the GEMM ceiling; mlp_small
-bound by per-operation overheads: its scanned step beats numpy's, but only by 1.7-2x
+bound by per-operation overheads: its scanned step beats numpy's, but only by 1.5-2x
 the Python loop's, since JAX's asynchronous dispatch already hides most of the loop's
 Python cost and the scan's own floor (shuffle, loop and minibatch gather) is a quarter
 to a third of a step. The CNNs run well below the
