@@ -6,7 +6,8 @@ examples (``NamedSharding(mesh, P("data"))``). The parameters, the optimiser sta
 the learning rate are replicated: every device holds all of them (``P()``).
 
 The training step is ``sgd._step`` (forward, manual or autodiff gradient, explicit
-update ``sgd.update`` or an optax one), unchanged, compiled by ``jax.jit`` with these
+update ``sgd.update`` or an optax one, or the in-place ``backprop.descend_rows`` where
+``sgd.descends``), unchanged, compiled by ``jax.jit`` with these
 input and output shardings. Because the model's loss and gradient are means over the
 batch, (1/B) Σ_i, each device computes its part of the sum and XLA inserts the
 all-reduce that adds the parts: the gradient is the whole batch's, as on one device,
