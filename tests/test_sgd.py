@@ -189,9 +189,11 @@ def test_in_place_descent_trains_as_the_whole_gradient_does():
     X = jax.random.normal(jax.random.key(1), (96, 2049), jnp.float32)
     Y = jax.random.randint(jax.random.key(2), (96,), 0, 3)
     assert sgd.descends(net, "manual", None, params)
-    config = {"key": jax.random.key(3), "alpha": 0.01, "epochs": 1, "batch_size": 32}
+    config = {"key": jax.random.key(3), "alpha": 0.01, "epochs": 2, "batch_size": 32}
+    before = sgd.epoch_donating._cache_size()
     runs = {s: sgd.train(net, params, X, Y, source=s, **config) for s in ("manual", "autodiff")}
     unkept, _ = sgd.train(net, params, X, Y, skip_nonfinite=False, **config)
+    assert sgd.epoch_donating._cache_size() - before == 3  # each traced once, not per epoch
     for a, b, c in zip(*(jax.tree.leaves(r[0]) for r in runs.values()), jax.tree.leaves(unkept),
                        strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
