@@ -25,6 +25,7 @@ A case is one line in CASES: name -> a function of a key returning a Case.
 
 import argparse
 import json
+import math
 import os
 import re
 import signal
@@ -106,8 +107,9 @@ def max_relative(a_tree, b_tree) -> float:
                for a, b in zip(jax.tree.leaves(a_tree), jax.tree.leaves(b_tree), strict=True))
 
 
-def collectives(mesh, c: Case):
-    """Collective operations in the compiled sharded epoch."""
+def collectives(mesh, c: Case) -> tuple[list[str], int]:
+    """Collective operations in the compiled sharded epoch, and the most elements one
+    all-gather produces."""
     idx = np.asarray(sgd.batch_indices(jax.random.key(0), c.X.shape[0], c.batch_size))
     params = parallel.place(c.params, parallel.param_sharding(c.params, mesh, c.min_shard_size))
     state = sgd.init_state(c.params, c.optimizer)
@@ -119,7 +121,9 @@ def collectives(mesh, c: Case):
                     parallel.replicate(np.asarray(ALPHA, np.float64), mesh), c.model, c.source,
                     c.optimizer, parallel.sharded(mesh)).compile().as_text()
     pattern = r"\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)\b"
-    return sorted(set(re.findall(pattern, text)))
+    gathered = [math.prod(int(d) for d in dims.split(",") if d)
+                for dims in re.findall(r"= \w+\[([\d,]*)\]\S* all-gather\(", text)]
+    return sorted(set(re.findall(pattern, text))), max(gathered, default=0)
 
 
 def equal(args) -> dict:
@@ -144,7 +148,8 @@ def equal(args) -> dict:
         p2 = jax.tree.map(np.asarray, parallel.local_copy(p2))
         result = {"mesh": dict(mesh.shape), "param_specs": specs,
                   "compiles_after_first_epoch": len(COMPILES) - after_first_epoch[0],
-                  "collectives": collectives(mesh, c), "seconds_parallel": t2}
+                  "seconds_parallel": t2}
+        result["collectives"], result["largest_all_gather"] = collectives(mesh, c)
         if name == "dense-manual":
             try:
                 parallel.train_parallel(c.model, c.params, c.X, c.Y, mesh=mesh,

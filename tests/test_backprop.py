@@ -137,7 +137,8 @@ descend = jax.jit(backprop.descend_rows,
 @pytest.mark.parametrize("output, loss", PAIRS)
 @pytest.mark.parametrize("block_bytes", [80, backprop.BLOCK_BYTES])
 def test_descend_rows_is_one_step_of_gradient_descent(output, loss, block_bytes):
-    # 80 bytes = 2 float64 rows of 5: blocks of 2 rows and a last block of 1 in every layer
+    # 80 bytes: blocks of 2 float64 columns of 5 rows (3 of 3 in the output layer), and a
+    # last, smaller block where they do not divide n_{l-1}
     net, params, X, Y = problem("tanh", output, loss, 3, jnp.float64)
     new, mean_loss, ok = descend(params, X, Y, 0.3, hidden="tanh", output=output, loss=loss,
                                  block_bytes=block_bytes)

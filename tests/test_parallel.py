@@ -293,6 +293,8 @@ def test_in_place_descent_on_a_mesh_equals_one_device(eight_devices):
         assert case["param_specs"] == specs, name
         assert case["max_relative_difference"] < 1e-12, name
     assert eight_devices["cases"]["dense-in-place"]["collectives"] == ["all-reduce"]
+    # each device updates its own rows: nothing of W^[2]'s size is gathered
+    assert eight_devices["cases"]["dense-in-place-model-axis"]["largest_all_gather"] < 1024 * 64
 
 
 def test_model_axis_splits_weight_rows_and_still_equals_one_device(eight_devices):
