@@ -124,8 +124,7 @@ def grad_matrix(
     Z_N = Zs[-1].T
     Delta_N = losses.delta_output_rows(output, loss, Z_N, Y)
     grads, _ = backward_matrix(params, Zs, As, Delta_N.T, activations.get(hidden).g_prime)
-    per_loss = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))(output, loss, Z_N, Y)
-    return jnp.mean(per_loss), grads
+    return losses.mean_output_loss(output, loss, Z_N, Y), grads
 
 
 def forward_rows_cache(
@@ -235,8 +234,7 @@ def grad_rows(
     Zs, As = forward_rows_cache(params, X, hidden, output)
     Delta_N = losses.delta_output_rows(output, loss, Zs[-1], Y)
     grads, _ = backward_rows(params, Zs, As, Delta_N, activations.get(hidden).g_prime)
-    per_loss = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))(output, loss, Zs[-1], Y)
-    return jnp.mean(per_loss), grads
+    return losses.mean_output_loss(output, loss, Zs[-1], Y), grads
 
 
 BLOCK_BYTES = 8 * 2**20
@@ -322,8 +320,7 @@ def descend_rows(
     m = Zs[-1].shape[0]
     Delta_N = losses.delta_output_rows(output, loss, Zs[-1], Y)
     Deltas, _ = deltas_rows(params, Zs, Delta_N, activations.get(hidden).g_prime)
-    per_loss = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))(output, loss, Zs[-1], Y)
-    mean_loss = jnp.mean(per_loss)
+    mean_loss = losses.mean_output_loss(output, loss, Zs[-1], Y)
     limit = jnp.finfo(Delta_N.dtype).max / 4
     ok = jnp.isfinite(mean_loss)
     for Delta, A in zip(Deltas, As[:-1], strict=True):
@@ -376,6 +373,5 @@ def cnn_grad(model, params, X: ArrayLike, Y: ArrayLike) -> tuple[jax.Array, dict
             dW, db, delta = conv.conv2d_backward(a_in, p["W"], delta_z, spec.stride,
                                                  spec.padding, model.conv_method)
             conv_grads.append({"W": dW / m, "b": db / m})
-    per_loss = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))(
-        model.output, model.loss_name, Zs[-1], Y)
-    return jnp.mean(per_loss), {"conv": conv_grads[::-1], "dense": dense_grads}
+    mean_loss = losses.mean_output_loss(model.output, model.loss_name, Zs[-1], Y)
+    return mean_loss, {"conv": conv_grads[::-1], "dense": dense_grads}

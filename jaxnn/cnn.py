@@ -186,9 +186,7 @@ class CNN:
 
     def loss(self, params, X: ArrayLike, Y: ArrayLike) -> jax.Array:
         """Mean loss over the batch from the logits (stable forms); jax.grad's input."""
-        Z = self.logits(params, X)
-        per_example = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))
-        return jnp.mean(per_example(self.output, self.loss_name, Z, Y))
+        return losses.mean_output_loss(self.output, self.loss_name, self.logits(params, X), Y)
 
     def manual_grad(self, params, X: ArrayLike, Y: ArrayLike):
         """(mean loss, gradient) by the hand-written backward pass (``backprop.cnn_grad``)."""

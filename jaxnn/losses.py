@@ -252,6 +252,15 @@ def output_loss(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> jax.Array
     return spec.L(activations.get(output).g(z), y)
 
 
+def mean_output_loss(output: str, loss: str, Z: ArrayLike, Y: ArrayLike) -> jax.Array:
+    """(1/m) Σ_i ``output_loss(output, loss, z^(i), y^(i))``: the batch loss from logits.
+
+    Z: Z^[N] with examples as rows, (m, k); Y: (m, k) or (m,) labels. Returns a scalar.
+    """
+    per_example = jax.vmap(output_loss, in_axes=(None, None, 0, 0))
+    return jnp.mean(per_example(output, loss, Z, Y))
+
+
 def delta_output_general(output: str, loss: str, z: ArrayLike, y: ArrayLike) -> jax.Array:
     """δ^[N] = ∇_ŷ L(ŷ, y) ∘ (g^[N])'(z^[N]), the notes' general form, for one example.
 

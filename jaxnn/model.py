@@ -79,9 +79,7 @@ class DenseNetwork:
     def loss(self, params, X: ArrayLike, Y: ArrayLike) -> jax.Array:
         """(1/m) Σ_i L(ŷ^(i), y^(i)) from the logits (log-sum-exp / log-sigmoid forms)."""
         self.check(params, X, Y)
-        Z = self.logits(params, X)
-        per_example = jax.vmap(losses.output_loss, in_axes=(None, None, 0, 0))
-        return jnp.mean(per_example(self.output, self.loss_name, Z, Y))
+        return losses.mean_output_loss(self.output, self.loss_name, self.logits(params, X), Y)
 
     def manual_grad(self, params, X: ArrayLike, Y: ArrayLike):
         """(mean loss, ∂loss/∂params) by the hand-written δ recursion; no autodiff."""

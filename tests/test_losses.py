@@ -121,3 +121,13 @@ def test_bad_targets():
         losses.check_pair("identity", "logistic")
     with pytest.raises(ValueError, match="output activation must be"):
         losses.check_pair("relu", "squared_error")
+
+
+@pytest.mark.parametrize("output, loss", PAIRS)
+def test_mean_output_loss_is_the_mean_of_the_examples_losses(output, loss):
+    k = 3 if output == "softmax" else 2
+    Z = 3.0 * jax.random.normal(jax.random.key(0), (5, k), jnp.float64)
+    Y = targets(jax.random.key(1), output, loss, 5, k, jnp.float64)
+    per_example = [losses.output_loss(output, loss, Z[i], Y[i]) for i in range(5)]
+    np.testing.assert_allclose(losses.mean_output_loss(output, loss, Z, Y),
+                               sum(per_example) / 5, rtol=1e-14)
