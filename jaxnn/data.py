@@ -10,10 +10,13 @@ Everything here works offline:
 - ``color_patches``: 64x64x3 patches of scikit-learn's two bundled photographs
   (china.jpg, flower.jpg); the task is which photograph a patch comes from, and the
   split is by spatial region so that no test pixel appears in a training patch.
-- ``load_idx`` / ``load_mnist`` and ``load_cifar10_batch`` / ``load_cifar10``: read
-  MNIST-style IDX files and CIFAR-10 python batches a user already has. CIFAR
-  batches are pickles and are read with :func:`jaxnn.safe_pickle.safe_load`, never
-  with plain ``pickle.load``.
+- ``load_idx`` / ``load_mnist``, ``load_cifar10_binary_batch``, ``load_cifar10_batch``
+  and ``load_cifar10``: read MNIST-style IDX files and CIFAR-10 batches a user already
+  has. The binary CIFAR-10 batches (``cifar-10-batches-bin``) need no pickle and are
+  preferred; the python batches are pickles, read with
+  :func:`jaxnn.safe_pickle.safe_load`, never with plain ``pickle.load``. Every file is
+  hostile until checked (:mod:`jaxnn.files`): only regular files are opened, and every
+  size a header claims is checked before anything is allocated.
 - ``minibatches`` and ``to_device`` for training loops.
 
 Arrays are returned as numpy arrays on the host (images NHWC, labels int32);
@@ -22,11 +25,9 @@ Arrays are returned as numpy arrays on the host (images NHWC, labels int32);
 
 from __future__ import annotations
 
-import gzip
 import math
 import operator
 import os
-import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,11 +35,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn.safe_pickle import safe_load
+from jaxnn.files import MAX_GZIP_RATIO, BadFileError, gunzip, open_regular, read_exactly
+from jaxnn.safe_pickle import check_array, safe_load
 from jaxnn.sgd import batch_indices
 
 __all__ = [
     "IDX_DTYPES",
+    "MAX_CIFAR_BINARY_BYTES",
+    "MAX_IDX_BYTES",
     "NeuronScaling",
     "PatchLayout",
     "Split",
@@ -48,6 +52,7 @@ __all__ = [
     "house_prices",
     "load_cifar10",
     "load_cifar10_batch",
+    "load_cifar10_binary_batch",
     "load_idx",
     "load_mnist",
     "majority_baseline",
@@ -467,22 +472,42 @@ IDX_DTYPES: dict[int, np.dtype] = {
 }
 """IDX type byte -> big-endian numpy dtype of the stored values."""
 
+MAX_IDX_BYTES = 2**32
+"""The largest IDX file (header and values, after decompression) ``load_idx`` reads."""
+
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _read_bytes(path: str | os.PathLike[str], what: str) -> tuple[str, bytes]:
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as file:
-            raw = file.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} file not found: {path}") from None
-    if raw[:2] == _GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as error:
-            raise ValueError(f"{path}: corrupt or truncated gzip stream ({error})") from None
-    return path, raw
+def _idx_header(head: bytes, path: str, expected_magic: int | None):
+    """(shape, dtype, header length) from the first bytes of an IDX file; the total
+    size these claim is checked by the caller before anything else is read."""
+    if len(head) < 4:
+        raise BadFileError(path, f"expected at least a 4-byte IDX header, got {len(head)} bytes")
+    magic = int.from_bytes(head[:4], "big")
+    if expected_magic is not None and magic != expected_magic:
+        raise BadFileError(path, f"expected IDX magic 0x{expected_magic:08X}, got 0x{magic:08X}")
+    type_byte, ndim = head[2], head[3]
+    if head[:2] != b"\x00\x00" or type_byte not in IDX_DTYPES or ndim < 1:
+        raise BadFileError(
+            path, f"expected IDX magic 0x0000TTDD with type TT in "
+            f"{{{', '.join(f'{t:02X}' for t in IDX_DTYPES)}}} and DD >= 1 dimensions, "
+            f"got 0x{magic:08X}"
+        )
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise BadFileError(
+            path, f"expected a {header}-byte header for {ndim} dimensions, got {len(head)} bytes")
+    shape = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return shape, IDX_DTYPES[type_byte], header
+
+
+def _idx_size(shape, dtype: np.dtype, header: int, path: str) -> int:
+    total = header + math.prod(shape) * dtype.itemsize
+    if total > MAX_IDX_BYTES:
+        raise BadFileError(path, f"the header claims shape {shape} of {dtype.name} "
+                                 f"({total} bytes), more than the {MAX_IDX_BYTES}-byte limit "
+                                 "(data.MAX_IDX_BYTES)")
+    return total
 
 
 def load_idx(path: str | os.PathLike[str], expected_magic: int | None = None) -> np.ndarray:
@@ -494,8 +519,13 @@ def load_idx(path: str | os.PathLike[str], expected_magic: int | None = None) ->
     row-major. MNIST images have magic 0x00000803 (uint8, 3-D), labels 0x00000801
     (uint8, 1-D). Gzip is detected by the magic bytes 1f 8b, not by the file name.
 
+    Sizes are checked before anything is allocated: the size the header claims must
+    be at most :data:`MAX_IDX_BYTES` and equal the file's size; a gzipped file may
+    claim at most :data:`jaxnn.files.MAX_GZIP_RATIO` times its compressed size, and
+    is decompressed in steps that stop one byte past the claimed size.
+
     Args:
-      path: the file.
+      path: a regular file (FIFOs, devices, directories are refused before opening).
       expected_magic: if given, the 4-byte magic number the file must have.
 
     Returns:
@@ -504,37 +534,42 @@ def load_idx(path: str | os.PathLike[str], expected_magic: int | None = None) ->
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: wrong magic, unknown type byte, or a length that does not match
-        the header; the message names the path and what was expected.
+      ValueError (``jaxnn.files.BadFileError``): not a regular file, wrong magic,
+        unknown type byte, a size over the limits or one that does not match the
+        header; the message names the path and what was expected.
     """
-    path, raw = _read_bytes(path, "IDX")
-    if len(raw) < 4:
-        raise ValueError(f"{path}: expected at least a 4-byte IDX header, got {len(raw)} bytes")
-    magic = int.from_bytes(raw[:4], "big")
-    if expected_magic is not None and magic != expected_magic:
-        raise ValueError(f"{path}: expected IDX magic 0x{expected_magic:08X}, got 0x{magic:08X}")
-    type_byte, ndim = raw[2], raw[3]
-    if raw[:2] != b"\x00\x00" or type_byte not in IDX_DTYPES or ndim < 1:
-        raise ValueError(
-            f"{path}: expected IDX magic 0x0000TTDD with type TT in "
-            f"{{{', '.join(f'{t:02X}' for t in IDX_DTYPES)}}} and DD >= 1 dimensions, "
-            f"got 0x{magic:08X}"
-        )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(
-            f"{path}: expected a {header}-byte header for {ndim} dimensions, got {len(raw)} bytes"
-        )
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = IDX_DTYPES[type_byte]
-    expected = header + math.prod(shape) * dtype.itemsize
-    if len(raw) != expected:
-        raise ValueError(
-            f"{path}: expected {expected} bytes for shape {shape} of {dtype.name}, "
-            f"got {len(raw)} bytes" + (" (truncated)" if len(raw) < expected else "")
-        )
+    path = os.fspath(path)
+    file, size = open_regular(path, "IDX")
+    with file:
+        gzipped = file.read(2) == _GZIP_MAGIC
+        file.seek(0)
+        if gzipped:
+            def claimed(head: bytes) -> int:
+                total = _idx_size(*_idx_header(head, path, expected_magic), path)
+                if total > MAX_GZIP_RATIO * size:
+                    raise BadFileError(
+                        path, f"the header claims {total} bytes, more than "
+                        f"{MAX_GZIP_RATIO} times the {size}-byte gzip file "
+                        "(files.MAX_GZIP_RATIO); refused before decompressing")
+                return total
+
+            raw = gunzip(file, path, claimed)
+            shape, dtype, header = _idx_header(bytes(raw[:1024]), path, expected_magic)
+        else:
+            shape, dtype, header = _idx_header(file.read(1024), path, expected_magic)
+            expected = _idx_size(shape, dtype, header, path)
+            if size != expected:
+                raise BadFileError(
+                    path, f"expected {expected} bytes for shape {shape} of {dtype.name}, "
+                    f"got {size} bytes" + (" (truncated)" if size < expected else ""))
+            file.seek(0)
+            raw = bytearray(size)
+            if file.readinto(raw) != size:
+                raise BadFileError(path, "the file shrank while it was read")
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
+    if dtype.itemsize > 1:  # to native byte order, in place
+        data = data.byteswap(inplace=True).view(dtype.newbyteorder())
+    return data.view(dtype.newbyteorder("="))
 
 
 _MNIST_PREFIX = {"train": "train", "test": "t10k"}
@@ -545,7 +580,7 @@ def _find_mnist_file(folder: Path, prefix: str, kind: str) -> Path:
     stems = [f"{prefix}-{kind}-{idx}-ubyte", f"{prefix}-{kind}.{idx}-ubyte"]
     candidates = [folder / (s + suffix) for s in stems for suffix in ("", ".gz")]
     for candidate in candidates:
-        if candidate.is_file():
+        if os.path.lexists(candidate):  # a FIFO or device is refused when opened
             return candidate
     raise FileNotFoundError(
         f"no MNIST {kind} file in {folder}; looked for {', '.join(c.name for c in candidates)}"
@@ -582,8 +617,11 @@ def load_mnist(
             f"{images_path} has {images.shape[0]} images but {labels_path} has "
             f"{labels.shape[0]} labels"
         )
+    if images.ndim != 3 or labels.ndim != 1:
+        raise BadFileError(images_path, f"expected 3-D images and 1-D labels, got "
+                                        f"{images.ndim}-D and {labels.ndim}-D")
     if labels.size and labels.max() > 9:
-        raise ValueError(f"{labels_path}: expected labels in 0..9, got {labels.max()}")
+        raise BadFileError(labels_path, f"expected labels in 0..9, got {labels.max()}")
     X = (images.astype(np.float32) / np.float32(255.0))[..., None]
     return X, labels.astype(np.int32)
 
@@ -592,14 +630,63 @@ def load_mnist(
 
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = ("test_batch",)
+_CIFAR_RECORD = 1 + 3072
+
+MAX_CIFAR_BINARY_BYTES = 2**30
+"""The largest CIFAR-10 binary batch ``load_cifar10_binary_batch`` reads (a real one
+is 30,730,000 bytes: 10,000 records)."""
 
 
 def _cifar_field(batch: dict, key: str, path: str) -> Any:
     for candidate in (key.encode(), key):
         if candidate in batch:
             return batch[candidate]
-    found = ", ".join(repr(k) for k in list(batch)[:8])
-    raise ValueError(f"{path}: expected key b{key!r} in the CIFAR batch dict, got keys {found}")
+    found = ", ".join(_describe_key(k) for k in list(batch)[:8])
+    raise BadFileError(path, f"expected key b{key!r} in the CIFAR batch dict, got keys {found}")
+
+
+def _describe_key(key: Any) -> str:
+    if isinstance(key, str | bytes):
+        return repr(key[:40]) + ("..." if len(key) > 40 else "")
+    return type(key).__name__
+
+
+def _cifar_labels(labels: Any, n: int, path: str) -> np.ndarray:
+    """The labels as int32 after checking each is an int (Python or numpy, not bool,
+    not float) in 0..9; a list, tuple or 1-D integer array of n of them."""
+    if type(labels) is np.ndarray:
+        check_array(labels, f"{path}: b'labels'")
+        if labels.dtype.kind not in "iu" or labels.ndim != 1:
+            raise BadFileError(path, f"expected b'labels' to be ints, got an array of "
+                                     f"{labels.dtype} with {labels.ndim} dimensions")
+        values = labels
+    elif type(labels) in (list, tuple):
+        bad = next((v for v in labels if not (type(v) is int or isinstance(v, np.integer))), None)
+        if bad is not None:
+            raise BadFileError(path, f"expected b'labels' to be a list of ints in 0..9, found "
+                                     f"a {type(bad).__name__}")
+        values = labels
+    else:
+        raise BadFileError(path, f"expected b'labels' to be a list of ints, got "
+                                 f"{type(labels).__name__}")
+    if len(values) != n:
+        raise BadFileError(path, f"expected {n} labels (one per row of b'data'), got "
+                                 f"{len(values)}")
+    if type(values) is not np.ndarray:
+        out_of_range = next((v for v in values if not 0 <= v <= 9), None)
+        if out_of_range is not None:
+            shown = out_of_range if abs(out_of_range) < 10**12 else "a huge int"
+            raise BadFileError(path, f"expected labels in 0..9, got {shown}")
+        values = np.array(values, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() > 9):
+        raise BadFileError(path, f"expected labels in 0..9, got range "
+                                 f"{values.min()}..{values.max()}")
+    return values.astype(np.int32)
+
+
+def _cifar_images(data: np.ndarray) -> np.ndarray:
+    """(n, 3072) uint8 rows, 1024 red then green then blue, to NHWC float32 in [0, 1]."""
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / np.float32(255.0)
 
 
 def load_cifar10_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -608,8 +695,9 @@ def load_cifar10_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.nda
     The file is a pickle of a dict with ``b"data"``, a uint8 array (n, 3072) whose
     rows hold 1024 red, then 1024 green, then 1024 blue values, each a 32x32 image
     in row-major order, and ``b"labels"``, a list of n ints in 0..9. It is read with
-    :func:`jaxnn.safe_pickle.safe_load`: any global other than numpy's array
-    rebuilders is refused with ``UnsafePickleError`` and never called.
+    :func:`jaxnn.safe_pickle.safe_load` (see there for what a pickle may and may not
+    do); the binary batches (:func:`load_cifar10_binary_batch`) need no pickle at all
+    and are the better choice.
 
     Returns:
       ``(X, y)``: X float32 NHWC (n, 32, 32, 3) in [0, 1]; y int32 (n,) in 0..9.
@@ -617,43 +705,83 @@ def load_cifar10_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.nda
     Raises:
       FileNotFoundError: the file does not exist.
       UnsafePickleError: the pickle names a forbidden global (a ``ValueError``).
-      ValueError: not a CIFAR batch (missing key, wrong shape or dtype, bad labels).
+      ValueError: not a regular file, not a CIFAR batch (missing key, wrong shape or
+        dtype, labels that are not ints in 0..9), or a pickle that is malformed or asks
+        for more than data; the message names the file.
     """
     path = os.fspath(path)
     batch = safe_load(path)
-    if not isinstance(batch, dict):
-        raise ValueError(f"{path}: expected a dict in the CIFAR batch, got {type(batch).__name__}")
+    if type(batch) is not dict:
+        raise BadFileError(path, f"expected a dict in the CIFAR batch, got {type(batch).__name__}")
     data = _cifar_field(batch, "data", path)
     labels = _cifar_field(batch, "labels", path)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-        raise ValueError(
-            f"{path}: expected b'data' to be a uint8 array of shape (n, 3072), got "
+    if type(data) is not np.ndarray or data.dtype != np.uint8 or data.ndim != 2:
+        raise BadFileError(
+            path, f"expected b'data' to be a uint8 array of shape (n, 3072), got "
             f"{type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}"
         )
     if data.shape[1] != 3072:
-        raise ValueError(f"{path}: expected b'data' of shape (n, 3072), got {data.shape}")
-    try:
-        y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: expected b'labels' to be a list of ints") from None
-    if y.shape != (data.shape[0],):
-        raise ValueError(
-            f"{path}: expected {data.shape[0]} labels (one per row of b'data'), got shape {y.shape}"
-        )
-    if y.size and (y.min() < 0 or y.max() > 9):
-        raise ValueError(f"{path}: expected labels in 0..9, got range {y.min()}..{y.max()}")
-    X = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / np.float32(255.0)
-    return X, y.astype(np.int32)
+        raise BadFileError(path, f"expected b'data' of shape (n, 3072), got {data.shape}")
+    check_array(data, f"{path}: b'data'")
+    y = _cifar_labels(labels, data.shape[0], path)
+    return _cifar_images(data), y
+
+
+def load_cifar10_binary_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Load one CIFAR-10 binary batch (``data_batch_1.bin`` .. ``data_batch_5.bin``,
+    ``test_batch.bin`` of ``cifar-10-batches-bin``).
+
+    The file is n records of 3073 bytes: one label byte (0..9), then 3072 pixel bytes
+    laid out as in the python batches (1024 red, 1024 green, 1024 blue, each 32x32
+    row-major). No pickle, no header: the file's size must be a positive multiple of
+    3073 and at most :data:`MAX_CIFAR_BINARY_BYTES`.
+
+    Returns:
+      ``(X, y)``: X float32 NHWC (n, 32, 32, 3) in [0, 1]; y int32 (n,) in 0..9.
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError (``jaxnn.files.BadFileError``): not a regular file, a size that is not
+        a whole number of records or over the limit, or a label byte over 9.
+    """
+    path = os.fspath(path)
+    file, size = open_regular(path, "CIFAR-10 binary batch")
+    with file:
+        if size == 0 or size % _CIFAR_RECORD or size > MAX_CIFAR_BINARY_BYTES:
+            raise BadFileError(path, f"expected a whole number of {_CIFAR_RECORD}-byte records "
+                                     f"(1 label + 3072 pixels), at most {MAX_CIFAR_BINARY_BYTES} "
+                                     f"bytes; got {size} bytes")
+        records = np.frombuffer(read_exactly(file, size, path, "CIFAR-10 records"), np.uint8)
+    records = records.reshape(-1, _CIFAR_RECORD)
+    labels = records[:, 0]
+    if labels.max() > 9:
+        first = int(np.argmax(labels > 9))
+        raise BadFileError(path, f"expected label bytes in 0..9, record {first} has "
+                                 f"{labels[first]}")
+    return _cifar_images(records[:, 1:]), labels.astype(np.int32)
+
+
+def _cifar_folder(folder: Path, names: tuple[str, ...]) -> tuple[Path, bool]:
+    """Where the batches are and whether they are binary: ``folder`` itself, or its
+    ``cifar-10-batches-bin`` (preferred) or ``cifar-10-batches-py`` subfolder."""
+    for place, binary in ((folder, True), (folder / "cifar-10-batches-bin", True),
+                          (folder, False), (folder / "cifar-10-batches-py", False)):
+        first = place / (names[0] + (".bin" if binary else ""))
+        if os.path.lexists(first):
+            return place, binary
+    return folder, False
 
 
 def load_cifar10(
     folder: str | os.PathLike[str], split: str = "train"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Load CIFAR-10 from its python batches in ``folder``.
+    """Load CIFAR-10 from its binary or python batches in ``folder``.
 
-    ``folder`` is the extracted ``cifar-10-batches-py`` directory or its parent.
-    Split "train" concatenates ``data_batch_1`` .. ``data_batch_5`` (50,000
-    images), "test" reads ``test_batch`` (10,000).
+    ``folder`` is the extracted ``cifar-10-batches-bin`` or ``cifar-10-batches-py``
+    directory or their parent; the binary batches (``*.bin``,
+    :func:`load_cifar10_binary_batch`) are used when present, since reading them
+    involves no pickle. Split "train" concatenates batches 1 .. 5 (50,000 images),
+    "test" reads the test batch (10,000).
 
     Returns:
       ``(X, y)``: X float32 NHWC (m, 32, 32, 3) in [0, 1]; y int32 (m,) in 0..9.
@@ -664,9 +792,11 @@ def load_cifar10(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"CIFAR-10 folder not found: {folder}")
-    if not (folder / names[split][0]).exists() and (folder / "cifar-10-batches-py").is_dir():
-        folder = folder / "cifar-10-batches-py"
-    parts = [load_cifar10_batch(folder / name) for name in names[split]]
+    folder, binary = _cifar_folder(folder, names[split])
+    if binary:
+        parts = [load_cifar10_binary_batch(folder / f"{name}.bin") for name in names[split]]
+    else:
+        parts = [load_cifar10_batch(folder / name) for name in names[split]]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
