@@ -13,9 +13,12 @@ chose; its name comes from the step number alone. It is numpy's ``.npz`` (a zip 
 - ``__sha256__``: SHA-256 of the metadata and of every array's name, dtype, shape and
   bytes, as hex text in uint8 bytes.
 
-Reading never runs code from the file: ``np.load(allow_pickle=False)`` refuses pickled
-object arrays, every ``.npy`` header is checked against the metadata before its data
-is read, and the JSON parser builds only dicts, lists, strings and numbers. The
+Reading never runs code from the file and never trusts a size it states: only a
+regular file is opened; every zip entry must be stored (not compressed) and lie inside
+the file; every ``.npy`` header is checked against the metadata and against its entry's
+size before its data is allocated (pickled object arrays are refused); the metadata
+entry may hold at most 64 MiB and is parsed as JSON, which builds only dicts, lists,
+strings and numbers. The
 checksum detects damage (a truncated write, a flipped bit); it is not a signature.
 
 Restoring needs a template of the state: parameters and optimiser state of the wanted
@@ -42,6 +45,7 @@ import datetime
 import hashlib
 import inspect
 import json
+import math
 import numbers
 import os
 import re
@@ -57,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnn import sgd
+from jaxnn.files import BadFileError, open_regular
 from jaxnn.initializers import check_key
 
 __all__ = [
@@ -83,9 +88,9 @@ FORMAT = "jaxnn-checkpoint"
 FORMAT_VERSION = 1
 GROUPS = ("params", "opt_state", "key")
 _METADATA, _CHECKSUM = "__metadata__", "__sha256__"
-_FILE = re.compile(r"^checkpoint_(\d{12})\.npz$")
-_TEMP = re.compile(r"^\.checkpoint_\d{12}\.npz\.[A-Za-z0-9_]+\.tmp$")
-_LEAF = re.compile(r"^leaf_(0|[1-9]\d{0,8})$")
+_FILE = re.compile(r"checkpoint_(\d{12})\.npz")  # always fullmatch: "$" admits "\n"
+_TEMP = re.compile(r"\.checkpoint_\d{12}\.npz\.[A-Za-z0-9_]+\.tmp")
+_LEAF = re.compile(r"leaf_(0|[1-9]\d{0,8})")
 _MAX_METADATA = 64 * 2**20
 _MAX_STEP = 10**12 - 1
 
@@ -128,7 +133,8 @@ class CheckpointMismatchError(CheckpointError):
 
 
 class NonFiniteStateError(CheckpointError):
-    """``save`` refused a state with NaN or infinite parameters or optimiser state."""
+    """A state with NaN or infinite parameters or optimiser state: ``save`` refused to
+    write it, or ``restore`` to return it (both unless ``allow_nonfinite=True``)."""
 
 
 class Skipped(NamedTuple):
@@ -182,7 +188,7 @@ def _scan(folder: Path) -> tuple[list[tuple[int, Path]], list[Skipped]]:
     except FileNotFoundError:
         return [], []
     for entry in entries:
-        match = _FILE.match(entry.name)
+        match = _FILE.fullmatch(entry.name)
         if not match:
             continue
         if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
@@ -219,6 +225,12 @@ def _stored(array: np.ndarray) -> np.ndarray:
     if array.dtype.itemsize not in (1, 2, 4, 8):
         raise TypeError(f"cannot store dtype {array.dtype}")
     return array.view(f"u{array.dtype.itemsize}")
+
+
+def _finite(array: np.ndarray) -> bool:
+    """True unless a floating or complex array (bfloat16 and float8 included) holds NaN
+    or an infinity."""
+    return not jnp.issubdtype(array.dtype, jnp.inexact) or bool(np.all(np.isfinite(array)))
 
 
 def _digest(metadata: bytes, entries: list[tuple[str, np.ndarray]]) -> str:
@@ -278,7 +290,7 @@ def write_atomic(path: Path, write: Callable[[IO], None], mode: str = "wb") -> N
 
 def _prune(folder: Path, written: Path, keep: int | None) -> None:
     for entry in os.scandir(folder):  # temporaries of writes that were interrupted
-        if _TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
+        if _TEMP.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
             Path(entry.path).unlink(missing_ok=True)
     if keep is None:
         return
@@ -321,8 +333,7 @@ def save(folder: str | os.PathLike, state: TrainState, *, keep: int | None = 3,
         for keypath, leaf in jax.tree_util.tree_flatten_with_path(getattr(state, group))[0]:
             where = f"{group}{jax.tree_util.keystr(keypath)}"
             array = _host(leaf, where)
-            if (not allow_nonfinite and array.dtype.kind in "fc"
-                    and not np.all(np.isfinite(array))):
+            if not allow_nonfinite and not _finite(array):
                 raise NonFiniteStateError(
                     path, f"{where} holds NaN or infinite values; not saved, so the last "
                     "finite checkpoint stays (pass allow_nonfinite=True to save anyway)")
@@ -359,12 +370,37 @@ def save(folder: str | os.PathLike, state: TrainState, *, keep: int | None = 3,
 # --- reading -----------------------------------------------------------------------------
 
 
-def _member(npz, name: str, path: Path, shape: tuple | None, dtype: np.dtype | None):
-    """Read one entry, checking its .npy header before any data is read."""
+def _members(zf: zipfile.ZipFile, path: Path, size: int) -> dict[str, zipfile.ZipInfo]:
+    """The zip's ``name.npy`` entries by name, after checking each one's stated sizes
+    against the file: stored (jaxnn never compresses, so no entry can expand), inside
+    the file, and together no larger than it."""
     corrupt = CorruptCheckpointError
-    member = f"{name}.npy"
+    members: dict[str, zipfile.ZipInfo] = {}
+    total = 0
+    for info in zf.infolist():
+        name = info.filename
+        if not name.endswith(".npy") or name[:-4] in members:
+            raise corrupt(path, f"unexpected or duplicate entry {name[:80]!r} in the zip")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise corrupt(path, f"entry {name[:80]!r} is compressed; {FORMAT} files hold "
+                                "stored entries only (refused before decompressing)")
+        total += info.compress_size
+        if (info.file_size != info.compress_size or info.header_offset + info.compress_size > size
+                or total > size):
+            raise corrupt(path, f"entry {name[:80]!r} claims {info.file_size} bytes, more than "
+                                f"the {size}-byte file holds")
+        members[name[:-4]] = info
+    return members
+
+
+def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, path: Path,
+            shape: tuple | None, dtype: np.dtype | None, max_bytes: int | None = None):
+    """Read one entry, checking its .npy header against the metadata and the size it
+    claims against the zip entry's size before any data is allocated or read."""
+    corrupt = CorruptCheckpointError
+    unreadable = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
     try:
-        with npz.zip.open(member) as f:
+        with zf.open(info) as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 header = np.lib.format.read_array_header_1_0(f)
@@ -372,22 +408,44 @@ def _member(npz, name: str, path: Path, shape: tuple | None, dtype: np.dtype | N
                 header = np.lib.format.read_array_header_2_0(f)
             else:
                 raise ValueError(f"unknown .npy version {version}")
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+            got_shape, fortran, got_dtype = header
+            if got_dtype.hasobject:
+                raise corrupt(path, f"entry {name!r} is a pickled object array (dtype "
+                                    f"{got_dtype}); checkpoints hold plain numbers only and "
+                                    "are never unpickled")
+            if (shape is not None and tuple(got_shape) != shape) or (
+                    dtype is not None and got_dtype != dtype):
+                raise corrupt(path, f"entry {name!r} is {got_dtype}{list(got_shape)}, the "
+                                    f"metadata says {dtype}"
+                                    f"{list(shape) if shape is not None else ''}")
+            nbytes = math.prod(got_shape) * got_dtype.itemsize
+            if max_bytes is not None and nbytes > max_bytes:
+                raise corrupt(path, f"entry {name!r} claims {nbytes} bytes, more than the "
+                                    f"{max_bytes} allowed for it")
+            if f.tell() + nbytes != info.file_size:
+                raise corrupt(path, f"entry {name!r} claims {list(got_shape)} of {got_dtype} "
+                                    f"({nbytes} bytes), the zip entry holds "
+                                    f"{info.file_size - f.tell()} (truncated or forged)")
+            data = bytearray(nbytes)
+            if f.readinto(data) != nbytes or f.read(1):
+                raise EOFError("the entry ended early")
+    except CheckpointError:
+        raise
+    except unreadable as error:
         reason = f"entry {name!r} is unreadable ({type(error).__name__}: {error})"
         raise corrupt(path, reason) from error
-    got_shape, _, got_dtype = header
-    if got_dtype.hasobject:
-        raise corrupt(path, f"entry {name!r} is a pickled object array (dtype {got_dtype}); "
-                            "checkpoints hold plain numbers only and are never unpickled")
-    if (shape is not None and tuple(got_shape) != shape) or (
-            dtype is not None and got_dtype != dtype):
-        raise corrupt(path, f"entry {name!r} is {got_dtype}{list(got_shape)}, the metadata "
-                            f"says {dtype}{list(shape) if shape is not None else ''}")
-    try:
-        return npz[name]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        reason = f"entry {name!r} is unreadable ({type(error).__name__}: {error})"
-        raise corrupt(path, reason) from error
+    array = np.frombuffer(data, dtype=got_dtype)
+    return array.reshape(got_shape, order="F" if fortran else "C")
+
+
+def _brief(value) -> str:
+    """A short description of a value read from a file (no deep or long repr)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        text = repr(value) if not isinstance(value, int) or abs(value) < 10**20 else "a huge int"
+        return text[:80] + ("..." if len(text) > 80 else "")
+    if isinstance(value, dict):
+        return f"a dict with keys {[_brief(k) for k in list(value)[:6]]}"
+    return f"a {type(value).__name__}"
 
 
 def _no_constants(name: str):
@@ -409,12 +467,14 @@ def _parse_metadata(raw: np.ndarray, path: Path) -> dict:
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError) as error:
-        raise corrupt(path, f"metadata is not valid JSON ({error})") from None
+        raise corrupt(path, f"metadata is not valid JSON ({str(error)[:200]})") from None
+    except RecursionError:
+        raise corrupt(path, "metadata is not valid JSON (nested too deeply)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise corrupt(path, f"not a {FORMAT} file")
     if meta.get("version") != FORMAT_VERSION:
         raise CheckpointMismatchError(
-            path, f"format version {meta.get('version')!r}; this code reads version "
+            path, f"format version {_brief(meta.get('version'))}; this code reads version "
             f"{FORMAT_VERSION}")
     fields = {"epoch": int, "step": int, "history": dict, "config": dict, "leaves": list}
     for field, kind in fields.items():
@@ -423,72 +483,75 @@ def _parse_metadata(raw: np.ndarray, path: Path) -> dict:
     seen = set()
     for leaf in meta["leaves"]:
         ok = (isinstance(leaf, dict) and isinstance(leaf.get("name"), str)
-              and _LEAF.match(leaf["name"]) and leaf["name"] not in seen
+              and _LEAF.fullmatch(leaf["name"]) and leaf["name"] not in seen
               and leaf.get("group") in GROUPS and isinstance(leaf.get("path"), str)
               and isinstance(leaf.get("shape"), list)
               and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                       for n in leaf["shape"])
               and isinstance(leaf.get("dtype"), str))
         if not ok:
-            raise corrupt(path, f"malformed leaf record {leaf!r}")
+            raise corrupt(path, f"malformed leaf record {_brief(leaf)}")
         seen.add(leaf["name"])
         try:
             leaf["np_dtype"] = _dtype_of_record(leaf["dtype"])
         except (TypeError, ValueError):
-            raise corrupt(path, f"unsupported dtype {leaf['dtype']!r} in the metadata") from None
+            raise corrupt(path, f"unsupported dtype {_brief(leaf['dtype'])} in the "
+                                "metadata") from None
     key = meta.get("key")
     if key is not None and not (isinstance(key, dict) and isinstance(key.get("typed"), bool)
                                 and (key.get("impl") is None or isinstance(key["impl"], str))):
-        raise corrupt(path, f"malformed key record {key!r}")
+        raise corrupt(path, f"malformed key record {_brief(key)}")
     return meta
 
 
 def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """Metadata and arrays of an intact checkpoint file, else CorruptCheckpointError."""
     try:
-        file = open(path, "rb")  # closed below, whatever np.load does
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+        file, size = open_regular(path, "checkpoint")
+    except BadFileError as error:
+        raise CorruptCheckpointError(path, error.reason) from None
     with file:
+        if file.read(6) == b"\x93NUMPY":
+            raise CorruptCheckpointError(path, "a single .npy array, not a checkpoint .npz")
+        file.seek(0)
         try:
-            npz = np.load(file, allow_pickle=False)
+            zf = zipfile.ZipFile(file)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             reason = f"not a readable .npz file ({type(error).__name__}: {error})"
             raise CorruptCheckpointError(path, reason) from error
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise CorruptCheckpointError(path, "a single .npy array, not a checkpoint .npz")
-        with npz:
-            meta, raw, arrays, entries, checksum = _read_entries(npz, path)
+        with zf:
+            meta, raw, arrays, entries, checksum = _read_entries(zf, _members(zf, path, size),
+                                                                 path)
     if checksum.decode("ascii", "replace") != _digest(raw.tobytes(), entries):
         raise CorruptCheckpointError(
             path, "checksum mismatch: the file was damaged or altered after writing")
     return meta, arrays
 
 
-def _read_entries(npz, path: Path):
+def _read_entries(zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], path: Path):
     corrupt = CorruptCheckpointError
-    members = npz.zip.namelist()
-    if len(set(members)) != len(members):
-        raise corrupt(path, "duplicate entries in the zip")
-    if _METADATA not in npz.files or _CHECKSUM not in npz.files:
+    if _METADATA not in members or _CHECKSUM not in members:
         raise corrupt(path, f"no {_METADATA} or {_CHECKSUM} entry: not a {FORMAT} file")
-    raw = _member(npz, _METADATA, path, None, np.dtype(np.uint8))
+    raw = _member(zf, members[_METADATA], _METADATA, path, None, np.dtype(np.uint8),
+                  _MAX_METADATA)
     if raw.ndim != 1:
         raise corrupt(path, "metadata entry is not a byte string")
     meta = _parse_metadata(raw, path)
     names = {leaf["name"] for leaf in meta["leaves"]}
-    extra = sorted(set(npz.files) - names - {_METADATA, _CHECKSUM})
-    missing = sorted(names - set(npz.files))
+    extra = sorted(set(members) - names - {_METADATA, _CHECKSUM})
+    missing = sorted(names - set(members))
     if extra or missing:
-        raise corrupt(path, f"entries {missing} missing, {extra} unexpected")
+        raise corrupt(path, f"entries {missing[:8]} missing, {extra[:8]} unexpected")
     arrays, entries = {}, []
     for leaf in meta["leaves"]:
         dtype = _stored(np.empty(0, leaf["np_dtype"])).dtype
-        array = _member(npz, leaf["name"], path, tuple(leaf["shape"]), dtype)
+        array = _member(zf, members[leaf["name"]], leaf["name"], path, tuple(leaf["shape"]),
+                        dtype)
         entries.append((leaf["name"], array))
         arrays[leaf["name"]] = (array if dtype == leaf["np_dtype"]
                                 else array.view(leaf["np_dtype"]))
-    checksum = _member(npz, _CHECKSUM, path, None, np.dtype(np.uint8)).tobytes()
+    checksum = _member(zf, members[_CHECKSUM], _CHECKSUM, path, (64,),
+                       np.dtype(np.uint8)).tobytes()
     return meta, raw, arrays, entries, checksum
 
 
@@ -557,7 +620,16 @@ def _key(meta: dict, arrays: dict, path: Path):
         raise CorruptCheckpointError(path, f"key data do not make a PRNG key ({error})") from None
 
 
-def restore(path: str | os.PathLike, template: TrainState) -> TrainState:
+def _check_finite(meta: dict, arrays: dict, path: Path) -> None:
+    for leaf in meta["leaves"]:
+        if leaf["group"] != "key" and not _finite(arrays[leaf["name"]]):
+            raise NonFiniteStateError(
+                path, f"{leaf['group']}{leaf['path']} holds NaN or infinite values; a "
+                "non-finite state is restored only with allow_nonfinite=True")
+
+
+def restore(path: str | os.PathLike, template: TrainState, *,
+            allow_nonfinite: bool = False) -> TrainState:
     """Read a checkpoint back into the structure of ``template``.
 
     Args:
@@ -566,6 +638,9 @@ def restore(path: str | os.PathLike, template: TrainState) -> TrainState:
         whose params and opt_state have the wanted structure, shapes and dtypes; the
         leaves may be arrays or ``jax.ShapeDtypeStruct`` (a leaf with a ``sharding``
         is placed with it). Its other fields are not used.
+      allow_nonfinite: return a state whose parameters or optimiser state hold NaN or
+        infinite values (one saved with ``save(..., allow_nonfinite=True)``); by
+        default such a file raises :class:`NonFiniteStateError`.
     Returns:
       The saved :class:`TrainState`; arrays are JAX arrays, the key is a typed key if
       it was saved as one.
@@ -575,21 +650,27 @@ def restore(path: str | os.PathLike, template: TrainState) -> TrainState:
         arrays, malformed metadata.
       CheckpointMismatchError: intact but another structure, shape or dtype than the
         template, or another format version.
+      NonFiniteStateError: NaN or infinite values, unless ``allow_nonfinite``.
+    All three are ``CheckpointError``, a ``ValueError`` naming the file.
     """
     path = Path(path)
     meta, arrays = _read(path)
+    if not allow_nonfinite:
+        _check_finite(meta, arrays, path)
     params = _fit("params", template.params, meta, arrays, path)
     opt_state = _fit("opt_state", template.opt_state, meta, arrays, path)
     return TrainState(params, opt_state, _key(meta, arrays, path), meta["epoch"],
                       meta["step"], meta["history"], meta["config"])
 
 
-def restore_latest(folder: str | os.PathLike, template: TrainState) -> Restored | None:
-    """The newest checkpoint in folder that is intact and fits the template.
+def restore_latest(folder: str | os.PathLike, template: TrainState, *,
+                   allow_nonfinite: bool = False) -> Restored | None:
+    """The newest checkpoint in folder that is intact, finite and fits the template.
 
-    Newer files that fail (corrupt, truncated, another architecture) are skipped and
-    listed in ``Restored.skipped`` with the reason; older ones stay usable. Returns None
-    when the folder holds no checkpoint at all (a fresh start).
+    Newer files that fail (unreadable, truncated, forged sizes, another architecture,
+    NaN or infinite values unless ``allow_nonfinite``, not a regular file) are skipped
+    and listed in ``Restored.skipped`` with the reason; older ones stay usable. Returns
+    None when the folder holds no checkpoint at all (a fresh start).
 
     Raises:
       NoValidCheckpointError: there are checkpoints but none is usable.
@@ -599,7 +680,7 @@ def restore_latest(folder: str | os.PathLike, template: TrainState) -> Restored 
     skipped = list(odd)
     for _, path in reversed(found):
         try:
-            state = restore(path, template)
+            state = restore(path, template, allow_nonfinite=allow_nonfinite)
         except FileNotFoundError:  # removed since the scan
             continue
         except CheckpointError as error:
