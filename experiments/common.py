@@ -116,7 +116,7 @@ def dtype_of(args: argparse.Namespace):
     return np.float64 if args.dtype == "float64" else np.float32
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" admits "\n"
 
 
 def safe_name(name: str, what: str = "run name") -> str:
@@ -124,7 +124,7 @@ def safe_name(name: str, what: str = "run name") -> str:
 
     Keeps every file of a run inside the folder the user chose: no '/', no '..'.
     """
-    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
         raise ValueError(
             f"{what} must be letters, digits, '.', '_' or '-' (no path separators), "
             f"got {name!r}"

@@ -20,7 +20,7 @@ def args(tmp_path, **kw):
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", "..", ".", "", "x" * 200, "a\0b",
-                                  "-rf"])
+                                  "-rf", "run\n", "run\r", "a\nb", "\nrun"])
 def test_names_that_would_leave_the_folder_are_refused(tmp_path, name):
     with pytest.raises(ValueError, match="letters, digits"):
         common.safe_name(name)
