@@ -299,7 +299,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
         args = stack.pop()
         func = stack[-1]
         if id(func) not in self._callable or type(args) is not tuple:
-            raise _Refused(f"REDUCE may call only admitted functions, got {_short(func)}")
+            what = (f"the class {func.__module__}.{func.__qualname__} (classes are never "
+                    "called)" if isinstance(func, type) else _short(func))
+            raise _Refused(f"REDUCE may call only admitted functions, got {what}")
         result = func(*args)
         if func in _BUILDS:
             self._awaiting[id(result)] = (_BUILDS[func], result)
