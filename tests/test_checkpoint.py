@@ -346,6 +346,35 @@ def test_non_finite_state_is_not_saved(tmp_path):
     checkpoint.save(tmp_path, state(step=2)._replace(params=nan), allow_nonfinite=True)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_non_finite_checkpoint_is_skipped_unless_asked_for(tmp_path, dtype):
+    good = checkpoint.save(tmp_path, state(dtype, step=1))
+    params = state(dtype).params
+    nan = [dict(params[0], W=params[0]["W"].at[0, 0].set(jnp.nan)), params[1]]
+    with pytest.raises(checkpoint.NonFiniteStateError, match="not saved"):
+        checkpoint.save(tmp_path, state(dtype, step=2)._replace(params=nan))
+    bad = checkpoint.save(tmp_path, state(dtype, step=2)._replace(params=nan),
+                          allow_nonfinite=True)
+    with pytest.raises(checkpoint.NonFiniteStateError,
+                       match=r"params\[0\]\['W'\] holds NaN.*allow_nonfinite=True") as info:
+        checkpoint.restore(bad, state(dtype))
+    assert isinstance(info.value, ValueError) and str(bad) in str(info.value)
+    restored = checkpoint.restore_latest(tmp_path, state(dtype))
+    assert restored.path == good and [s.path for s in restored.skipped] == [bad]
+    assert "holds NaN" in restored.skipped[0].reason
+    assert_same_tree(restored.state.params, params)
+    asked = checkpoint.restore(bad, state(dtype), allow_nonfinite=True)
+    assert np.isnan(np.asarray(asked.params[0]["W"][0, 0], np.float32))
+    assert checkpoint.restore_latest(tmp_path, state(dtype), allow_nonfinite=True).path == bad
+    # an infinite optimiser state is skipped the same way
+    inf = state(dtype, step=3)
+    mu = jax.tree.map(lambda x: x.at[...].set(jnp.inf) if x.ndim else x, inf.opt_state)
+    worse = checkpoint.save(tmp_path, inf._replace(opt_state=mu), allow_nonfinite=True, keep=None)
+    restored = checkpoint.restore_latest(tmp_path, state(dtype))
+    assert restored.path == good and [s.path for s in restored.skipped] == [worse, bad]
+    assert restored.skipped[0].reason.startswith("opt_state")
+
+
 def test_diverging_run_keeps_last_finite_checkpoint(tmp_path):
     net, params, X, Y = problem("relu", "identity", "squared_error", 2, m=16)
     with pytest.raises(sgd.NonFiniteError) as info:
