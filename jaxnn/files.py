@@ -24,7 +24,7 @@ from typing import IO
 __all__ = ["GZIP_CHUNK", "MAX_GZIP_RATIO", "BadFileError", "gunzip", "open_regular",
            "read_exactly"]
 
-MAX_GZIP_RATIO = 64
+MAX_GZIP_RATIO = 32
 """The most a gzipped data file may expand: the header's claimed size must be at most
 this many times the compressed file (MNIST's files expand 2 to 5 times)."""
 

@@ -40,6 +40,8 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -429,12 +431,26 @@ def initialize(
     heartbeat_timeout_seconds: int = 30,
     shutdown_timeout_seconds: int = 30,
     cpu_collectives: str = "gloo",
+    supervise: bool = True,
 ) -> None:
     """``jax.distributed.initialize`` with settings read from arguments or environment.
 
     Call it in every process before any other JAX work. Missing arguments come from
     ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` (read here)
     and then from JAX's own cluster detection (Slurm, Open MPI, TPU pods).
+
+    A dead peer: when a process dies, JAX's coordination service ends every other
+    process by aborting it (SIGABRT, a C++ check failure with a stack trace): at once
+    when the coordinator (process 0) dies, after ``heartbeat_timeout_seconds`` when
+    another process dies. jax 0.10.2 offers no hook that runs instead (its
+    ``missed_heartbeat_callback`` fails with ``std::bad_cast`` before calling Python).
+    With ``supervise`` (the default, on POSIX, with more than one process) this
+    process forks first: the child returns from here and runs the program, the parent
+    only waits for it, copies its stderr without the C++ stack-trace lines, and when
+    the child is aborted prints one line, ``process I of N stopped: ...``, and exits
+    with status 1. Any other exit status or signal of the child is passed on as it
+    is. The parent ignores Ctrl-C (the child gets it) and forwards SIGTERM and
+    SIGHUP; the child is killed if the parent dies.
 
     Args:
       coordinator_address: "host:port" of process 0, reachable by every process.
@@ -448,6 +464,8 @@ def initialize(
         other process is stopped with an error instead of waiting forever.
       shutdown_timeout_seconds: how long an exiting process waits for the others.
       cpu_collectives: CPU collectives between processes ("gloo" over TCP, or "mpi").
+      supervise: fork a parent that turns the runtime's abort into one line and exit
+        status 1 (see above).
     """
     env = os.environ
     coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
@@ -457,6 +475,13 @@ def initialize(
         process_id = int(env["JAX_PROCESS_ID"])
     if bind_address is None and coordinator_address is not None:
         bind_address = coordinator_address
+    for name, value in (("initialization_timeout", initialization_timeout),
+                        ("heartbeat_timeout_seconds", heartbeat_timeout_seconds),
+                        ("shutdown_timeout_seconds", shutdown_timeout_seconds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1 (seconds), got {value!r}")
+    if supervise and (num_processes or 0) > 1 and hasattr(os, "fork"):
+        _supervise(process_id, num_processes)
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(
         coordinator_address, num_processes, process_id,
@@ -465,6 +490,85 @@ def initialize(
         heartbeat_timeout_seconds=heartbeat_timeout_seconds,
         shutdown_timeout_seconds=shutdown_timeout_seconds,
     )
+
+
+# absl's check-failure stack trace: "*** Check failure stack trace: ***", "    @ 0x..."
+_STACK_LINE = re.compile(rb"\*\*\* Check failure stack trace: \*\*\*|\s+@\s+0x[0-9a-f]+.*")
+
+
+def _supervise(process_id: int | None, num_processes: int) -> None:
+    """Fork; the child returns and runs the program, the parent never returns."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_fd, write_fd = os.pipe()
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:
+        os.close(read_fd)
+        _die_with(parent)
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        return
+    os.close(write_fd)
+    try:
+        status = _wait_copying_stderr(child, read_fd)
+    except BaseException:  # the supervisor itself failed: end the child with it
+        os.kill(child, signal.SIGKILL)
+        raise
+    where = f"process {process_id} of {num_processes}"
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGABRT:
+        os.write(2, f"{where} stopped: the JAX distributed runtime aborted it; another "
+                    "process has probably died or the coordinator is unreachable (see its "
+                    "log)\n".encode())
+        os._exit(1)
+    if os.WIFSIGNALED(status):  # die the same way, so the caller sees the same status
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+        os.kill(os.getpid(), os.WTERMSIG(status))
+    os._exit(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode")
+             else os.WEXITSTATUS(status))
+
+
+def _die_with(parent: int) -> None:
+    """Ask Linux to kill this process when its parent dies (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+
+
+def _wait_copying_stderr(child: int, fd: int) -> int:
+    """Copy the child's stderr to ours, less stack-trace lines; return its wait status."""
+    import select
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child directly
+    for forwarded in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(forwarded, lambda signum, _: os.kill(child, signum))
+    pending, status = b"", None
+    while True:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        chunk = os.read(fd, 65536) if ready else b""
+        if ready and not chunk:  # every writer closed it
+            break
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        kept = [line + b"\n" for line in lines if not _STACK_LINE.fullmatch(line)]
+        if kept:
+            os.write(2, b"".join(kept))
+        if status is None:
+            done, status = os.waitpid(child, os.WNOHANG)
+            status = status if done else None
+        if status is not None and not ready:  # exited and nothing left to read
+            break
+    if pending and not _STACK_LINE.fullmatch(pending):
+        os.write(2, pending)
+    if status is None:
+        _, status = os.waitpid(child, 0)
+    return status
 
 
 def is_main_process() -> bool:
@@ -502,12 +606,12 @@ def exit_on_error(stream=None):
     """Around a multi-process run: on an exception, report it and end this process now.
 
     When another process dies, the collective this process is in fails (gloo:
-    "Connection closed by peer"), or, if none is running, ``jax.distributed`` notices
-    the missing heartbeats after ``heartbeat_timeout_seconds`` and aborts every
-    process. Plain Python would then wait in ``jax.distributed``'s shutdown barrier for
-    the dead process until a timeout, and abort; this prints the error with the
-    process index and exits with status 1 at once. With one process, the exception
-    propagates unchanged.
+    "Connection closed by peer"); this prints one line, ``process I of N stopped: ...``,
+    and exits with status 1 at once, instead of waiting in ``jax.distributed``'s
+    shutdown barrier for the dead process. Any other exception is printed with its
+    traceback first. If no collective is running, JAX's coordination service ends the
+    process instead (see :func:`initialize`: one line and status 1 too, when
+    supervised). With one process, the exception propagates unchanged.
     """
     try:
         yield
@@ -515,11 +619,13 @@ def exit_on_error(stream=None):
         if jax.process_count() == 1:
             raise
         stream = sys.stderr if stream is None else stream
-        traceback.print_exc(file=stream)
-        lost_peer = (not isinstance(e, (ValueError, TypeError, AssertionError))
-                     or "gloo" in str(e).lower())
-        hint = ("\n(a collective failed: another process has probably died; see its log)"
+        lost_peer = isinstance(e, jax.errors.JaxRuntimeError) and any(
+            word in str(e).lower() for word in ("gloo", "connection", "unavailable", "socket"))
+        if not lost_peer:
+            traceback.print_exc(file=stream)
+        first_line = (str(e).splitlines() or [""])[0][:300]
+        hint = ("a collective failed; another process has probably died (see its log): "
                 if lost_peer else "")
         print(f"process {jax.process_index()} of {jax.process_count()} stopped: "
-              f"{type(e).__name__}: {e}{hint}", file=stream, flush=True)
+              f"{hint}{type(e).__name__}: {first_line}", file=stream, flush=True)
         os._exit(1)

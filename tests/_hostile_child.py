@@ -2,12 +2,13 @@
 
     python tests/_hostile_child.py CASES.json OUT.json
 
-CASES.json is a list of ``[name, call, path]`` with ``call`` one of CALLS. The process
-limits its address space to 3 GiB, imports jaxnn, then forks once per case; the fork
-resets its peak RSS (``/proc/self/clear_refs``), runs the call under a 20 s alarm and
-reports what it raised and how far its peak RSS (``VmHWM``) rose above its RSS before
-the call. A fork that dies by a signal (SIGSEGV, the alarm) is reported as such. OUT.json
-maps each name to ``{"error", "is_value_error", "message", "rss_growth_mib", "signal"}``.
+CASES.json is a list of ``[name, call, path]`` with ``call`` one of those in ``call``.
+The process limits its address space to 3 GiB, imports jaxnn, then forks once per case;
+the fork (after starting JAX's CPU backend, for the checkpoint calls) resets its peak
+RSS (``/proc/self/clear_refs``), runs the call under a 20 s alarm and reports what it
+raised and how far its peak RSS (``VmHWM``) rose above its RSS before the call. A fork
+that dies by a signal (SIGSEGV, the alarm) is reported as such. OUT.json maps each name
+to ``{"error", "is_value_error", "message", "rss_growth_mib", "signal", "returned"}``.
 """
 
 import json
@@ -60,6 +61,10 @@ def call(kind: str, path: str):
 
 
 def one(kind: str, path: str, out_fd: int) -> None:
+    if kind.startswith("restore"):  # start JAX's CPU backend first: its memory is not the file's
+        import jax.numpy as jnp
+
+        jnp.zeros(1).block_until_ready()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     before = status_kib("VmRSS")
