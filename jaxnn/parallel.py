@@ -522,7 +522,8 @@ def _supervise(process_id: int | None, num_processes: int) -> None:
                     "log)\n".encode())
         os._exit(1)
     if os.WIFSIGNALED(status):  # die the same way, so the caller sees the same status
-        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL, SIGSTOP: always default
+            signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
         os.kill(os.getpid(), os.WTERMSIG(status))
     os._exit(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode")
              else os.WEXITSTATUS(status))
