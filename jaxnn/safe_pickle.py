@@ -458,7 +458,9 @@ def safe_load(
         (keys ``b"data"``, ``b"labels"``).
 
     Returns:
-      The unpickled object.
+      The unpickled object: dicts, lists, tuples, sets, strings, bytes, numbers, None,
+      numpy arrays, dtypes and scalars, nested at most :data:`MAX_DEPTH` deep (an
+      object of any other type that a function of ``allowed`` returned is refused).
 
     Raises:
       FileNotFoundError: the path does not exist.

@@ -520,3 +520,19 @@ def test_cifar10_binary_batches(tmp_path):
     bad.write_bytes(r.tobytes())
     with pytest.raises(BadFileError, match="record 2 has 10"):
         data.load_cifar10_binary_batch(bad)
+
+
+def test_deeply_nested_checkpoint_metadata_is_corrupt_not_a_recursion_error(tmp_path):
+    good = checkpoint.save(tmp_path, good_state(1))
+    bad = checkpoint.save(tmp_path, good_state(2))
+
+    def change(m):
+        f = io.BytesIO()
+        np.lib.format.write_array(f, np.frombuffer(b"[" * 100_000 + b"]" * 100_000, np.uint8))
+        m["__metadata__.npy"] = f.getvalue()
+    rezip(bad, change)
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="nested too deeply") as info:
+        checkpoint.restore(bad, good_state(0))
+    assert str(bad) in str(info.value)
+    restored = checkpoint.restore_latest(tmp_path, good_state(0))
+    assert restored.path == good and [s.path for s in restored.skipped] == [bad]
