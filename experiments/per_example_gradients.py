@@ -228,6 +228,8 @@ def main(argv=None) -> dict:
     p.add_argument("--noise", type=float, default=1.0, help="noise multiplier σ")
     p.add_argument("--source", choices=("manual", "autodiff"), default="manual",
                    help="per-example gradients of the DP-SGD runs")
+    p.epilog = ("Writes runs/per_example_gradients/<run>/: results.json (timings, DP-SGD "
+                "runs with their (ε, δ)) and per_example_gradients.png.")
     args = p.parse_args(argv)
     try:
         batch_sizes = [int(s) for s in args.batch_sizes.split(",")]

@@ -137,6 +137,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-sizes", default="1,4,16,64,256,1024",
                    help="m values (the digits training set has 1,438 examples)")
     p.add_argument("--repeats", type=int, default=9, help="interleaved repeats per timing")
+    p.epilog = "Writes runs/vectorization/<run>/: results.json and time_per_example.png."
     args = p.parse_args(argv)
     try:
         sizes = tuple(int(s) for s in args.sizes.split(","))
