@@ -202,6 +202,16 @@ def dp_training(args, split, dtype) -> dict:
     return out
 
 
+def readable_log_axes(ax, batch_sizes) -> None:
+    """Ticks at the batch sizes on x, and at 1, 2, 5 × 10^k on y, as plain numbers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.minorticks_off()
+    ax.set_xticks(batch_sizes, [str(m) for m in batch_sizes])
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def at(rows: list[dict], m: int, form: str) -> dict:
     return next(r for r in rows if (r["m"], r["form"]) == (m, form))
 
@@ -318,13 +328,16 @@ def main(argv=None) -> dict:
                        "o-", label=form)
     axes[0].set(xlabel="batch size m", ylabel="µs per example (median)",
                 title="per-example gradients")
-    axes[0].minorticks_off()
-    axes[0].set_xticks(batch_sizes, [str(m) for m in batch_sizes])
+    readable_log_axes(axes[0], batch_sizes)
     axes[0].legend()
     for name, r in dp["runs"].items():
+        budget = ("no privacy" if not math.isfinite(r["epsilon"]) else
+                  f"(ε, δ) = ({r['epsilon']:.3g}, {r['delta']:g})")
         axes[1].plot(np.arange(1, len(r["test_accuracy_per_epoch"]) + 1),
-                     r["test_accuracy_per_epoch"], "o-", ms=3, label=name)
-    axes[1].set(xlabel="epoch", ylabel="test accuracy", title="DP-SGD on digits")
+                     r["test_accuracy_per_epoch"], "o-", ms=3, label=f"{name}: {budget}")
+    axes[1].set(xlabel="epoch", ylabel="test accuracy",
+                title=f"DP-SGD on digits, Poisson sampling q = {dp['sampling_probability']:.3g}")
+    axes[1].xaxis.get_major_locator().set_params(integer=True)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     common.save_figure(fig, folder, "per_example_gradients.png")

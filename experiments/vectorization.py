@@ -110,6 +110,16 @@ def largest_difference(results: dict, reference: str = "matrix") -> float:
     return worst
 
 
+def readable_log_axes(ax, batch_sizes) -> None:
+    """Ticks at the batch sizes on x, and at 1, 2, 5 × 10^k on y, as plain numbers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.minorticks_off()
+    ax.set_xticks(batch_sizes, [str(m) for m in batch_sizes])
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def grid_tables(rows: list[dict]) -> dict[str, list[dict]]:
     """The printed tables: µs per example as a batch size × form grid for each direction
     (one row per m, one column per form), and compile seconds at the largest m."""
@@ -204,6 +214,7 @@ def main(argv=None) -> dict:
         for form in FORMS:
             ax.loglog(batch_sizes, [lookup(direction, m, form)["us_per_example"]
                                     for m in batch_sizes], "o-", label=form)
+        readable_log_axes(ax, batch_sizes)
         ax.set(xlabel="batch size m", title=f"{direction}"
                + (" (manual δ recursion, mean gradient)" if direction == "backward" else ""))
     axes[0].set_ylabel("µs per example (median)")
