@@ -68,16 +68,32 @@ def regular_file(path: Path) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; OSError or ValueError else.
+
+    Opened without following a link and without blocking (a FIFO put in its place after
+    the check would otherwise hang the read), then checked again on the open file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > limit:
+            raise ValueError(f"{st.st_size} bytes, over the {limit} read")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"over {limit} bytes")
+    return data
+
+
 def read_results(path: Path) -> tuple[dict | None, str | None]:
     """(results, None), or (None, why not) for a missing, oversized or malformed file."""
-    st = regular_file(path)
-    if st is None:
+    if regular_file(path) is None:
         return None, "no results.json (the run stopped before writing it)" if not (
             path.exists() or path.is_symlink()) else "results.json is not a regular file"
-    if st.st_size > MAX_JSON_BYTES:
-        return None, f"results.json is {st.st_size} bytes, over the {MAX_JSON_BYTES} read"
     try:
-        data = json.loads(path.read_bytes()[:MAX_JSON_BYTES])
+        data = json.loads(read_regular(path, MAX_JSON_BYTES))
     except (OSError, ValueError, RecursionError) as e:
         return None, f"results.json cannot be read: {type(e).__name__}: {e}"
     if not isinstance(data, dict):
@@ -89,21 +105,15 @@ def read_plots(folder: Path) -> tuple[list[tuple[str, bytes]], list[str]]:
     """([(file name, PNG bytes)] sorted by name, [files left out, with why])."""
     plots, skipped = [], []
     for path in sorted(folder.glob("*.png")):
-        st = regular_file(path)
-        if st is None:
-            skipped.append(f"{path.name}: not a regular file")
-        elif st.st_size > MAX_PNG_BYTES:
-            skipped.append(f"{path.name}: {st.st_size} bytes, over {MAX_PNG_BYTES}")
+        try:
+            data = read_regular(path, MAX_PNG_BYTES)
+        except (OSError, ValueError) as e:
+            skipped.append(f"{path.name}: {e}")
+            continue
+        if data.startswith(PNG_SIGNATURE):
+            plots.append((path.name, data))
         else:
-            try:
-                data = path.read_bytes()[:MAX_PNG_BYTES]
-            except OSError as e:
-                skipped.append(f"{path.name}: {e}")
-                continue
-            if data.startswith(PNG_SIGNATURE):
-                plots.append((path.name, data))
-            else:
-                skipped.append(f"{path.name}: not a PNG")
+            skipped.append(f"{path.name}: not a PNG")
     return plots, skipped
 
 
@@ -153,8 +163,9 @@ def question(experiment: str) -> tuple[str, list[str]]:
 # -------------------------------------------------------------------------- formatting
 
 
-def number(v) -> str:
-    """A cell for reading: 4 significant figures, exact zero as 0, ints whole, null as —."""
+def number(v, depth: int = 0) -> str:
+    """A cell for reading: 4 significant figures, exact zero as 0, ints whole, null as —;
+    lists and dicts shortened (two levels at most)."""
     if v is None:
         return "—"
     if isinstance(v, bool):
@@ -169,12 +180,15 @@ def number(v) -> str:
         if 1e-3 <= abs(v) < 1e6:
             return f"{v:.4g}"
         return f"{v:.3e}"
+    if isinstance(v, (list, dict)) and depth >= 2:
+        return "[…]" if isinstance(v, list) else "{…}"
     if isinstance(v, list):
         if len(v) > 8:
-            return "[" + ", ".join(number(x) for x in v[:3]) + f", … ({len(v)} values)]"
-        return "[" + ", ".join(number(x) for x in v) + "]"
+            return ("[" + ", ".join(number(x, depth + 1) for x in v[:3])
+                    + f", … ({len(v)} values)]")
+        return "[" + ", ".join(number(x, depth + 1) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {number(x)}" for k, x in list(v.items())[:8]) + (
+        return "{" + ", ".join(f"{k}: {number(x, depth + 1)}" for k, x in list(v.items())[:8]) + (
             ", …}" if len(v) > 8 else "}")
     return str(v)
 
@@ -201,13 +215,14 @@ def row_tables(results: dict) -> dict[str, list[dict]]:
     return found
 
 
-def flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
-    """[(a / b / c, value)] for the leaves of nested dicts (lists stay values)."""
+def flatten(d: dict, prefix: str = "", depth: int = 0) -> list[tuple[str, object]]:
+    """[(a / b / c, value)] for the leaves of nested dicts, four levels deep at most (lists
+    and deeper dicts stay values)."""
     out = []
     for k, v in d.items():
         name = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out += flatten(v, f"{name} / ")
+        if isinstance(v, dict) and v and depth < 4:
+            out += flatten(v, f"{name} / ", depth + 1)
         else:
             out.append((name, v))
     return out

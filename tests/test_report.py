@@ -149,14 +149,26 @@ def test_incomplete_and_unreadable_runs_are_marked(runs, tmp_path):
 
 def test_hostile_text_is_escaped_and_a_fifo_is_not_opened(runs, tmp_path):
     os.mkfifo(runs / "mlp_digits" / "empty" / "results.json")  # reading it would hang
+    os.mkfifo(runs / "mlp_digits" / "empty" / "pipe.png")
     (runs / "mlp_digits" / "empty" / "fake.png").write_bytes(b"<html>not a png</html>")
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(PNG_SIGNATURE + b"outside runs/")
+    (runs / "mlp_digits" / "broken" / "link.png").symlink_to(secret)
+    deep = "[" * 100_000 + "]" * 100_000
+    (runs / "no_such_script" / "deep").mkdir()
+    (runs / "no_such_script" / "deep" / "results.json").write_text(deep)
     out = report.build(runs, tmp_path / "report.html")
     text = out.read_text(encoding="utf-8")
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     page = parse(out)
     empty = next(s for s in page.sections if s["attrs"]["data-run"] == "empty")
     assert "not a regular file" in empty["text"] and "fake.png: not a PNG" in empty["text"]
+    assert "pipe.png: not a regular file" in empty["text"]
     assert not empty["imgs"]
+    broken = next(s for s in page.sections if s["attrs"]["data-run"] == "broken")
+    assert not broken["imgs"] and "link.png:" in broken["text"]  # links are not followed
+    deep = next(s for s in page.sections if s["attrs"]["data-run"] == "deep")
+    assert "cannot be read: RecursionError" in deep["text"]
     hostile = next(s for s in page.sections if s["attrs"]["data-run"] == "hostile")
     assert "python -m experiments.no_such_script --out 'a b'" in hostile["text"]
     assert "no script experiments/no_such_script.py" in hostile["text"]
