@@ -103,6 +103,7 @@ adds PyTorch; it exits with status 2 when torch cannot be imported.
 import argparse
 import dataclasses
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -905,6 +906,14 @@ def method_rows(results: dict) -> list[dict]:
     return rows
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes), None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def ratio_panels(results: dict) -> list[tuple[str, str, dict[str, dict[str, float]], list]]:
     """[(title, y label, {series: {workload: ratio}}, [(reference line, label)])] of the plot."""
     pair = {"manual/autodiff step": {n: r["manual_over_autodiff"] for n, r in results.items()},
@@ -1025,6 +1034,7 @@ def main(argv=None) -> dict:
 
     dtype = common.dtype_of(args)
     folder = common.run_dir(args, "benchmark")
+    load_start = load_average()
     memory_name = "mlp_wide" if "mlp_wide" in names else "mlp_mnist"  # the largest run
     if args.smoke:
         memory_name = "mlp_small"
@@ -1063,6 +1073,7 @@ def main(argv=None) -> dict:
                                                "samples_alone": ceiling_s,
                                                "around_workloads": around, "best": best},
         "noisy_workloads": sorted(noisy), "memory": mem, "targets": goals,
+        "load_average": {"start": load_start, "end": load_average()},
         "malloc": "system" if args.system_malloc else "retain_freed_memory",
         "tables": {"steps": step_rows, "epochs": epoch_rows, "conv_methods": conv_rows,
                    "targets (reported, not asserted)": verdicts(goals, noisy)}})
@@ -1074,6 +1085,10 @@ def main(argv=None) -> dict:
           + (" (interleaved with mlp_wide)" if "mlp_wide" in results else "")
           + "; around the workloads " + ", ".join(f"{g:.0f}" for g in around)
           + f" GFLOP/s (best {best:.0f})")
+    if load_start is not None and load_start > (os.cpu_count() or 1):
+        print(f"Other work was running: the load average was {load_start:.1f} on "
+              f"{os.cpu_count()} CPUs when the benchmark started, so every ceiling and time "
+              "below may be low (the noisy mark only sees the ceiling fall within the run).")
     if noisy:
         print(f"The machine was busy: the GEMM ceiling fell below {args.noisy_below:.0%} of "
               f"the run's best ({best:.0f} GFLOP/s) around {', '.join(sorted(noisy))}; their "
