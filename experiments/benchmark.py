@@ -964,8 +964,10 @@ def plot_ratios(results: dict, noisy: set[str], folder) -> Path:
                                  label="noisy: machine busy"))
         ax.set_xticks(range(len(names)), [n + (" (noisy)" if n in noisy else "")
                                           for n in names], rotation=30, ha="right")
-        ax.set(title=title, ylabel=ylabel)
-        ax.legend(handles=handles, fontsize=7)
+        top = max([v for values in series.values() for v in values.values()]
+                  + [value for value, _ in lines])
+        ax.set(title=title, ylabel=ylabel, ylim=(0, 1.55 * top))  # room for the legend
+        ax.legend(handles=handles, fontsize=7, ncol=2, loc="upper left")
     fig.suptitle("benchmark ratios per workload (medians of paired repeats)"
                  + ("; hatched: machine busy" if noisy else ""))
     fig.tight_layout()
