@@ -704,10 +704,6 @@ def main(argv=None) -> dict:
             "eps_cube_root": {d: explain["finite_differences"][d]["eps_cube_root"]
                               for d in ("float32", "float64")},
         }
-    common.save_results(folder, args, {"rows": rows, "failures": failures,
-                                       "cancellations": cancellations, "summary": summary,
-                                       "explanation": explain})
-
     # one line per (model, dtype, hidden, pair): the worst depth
     grouped: dict[tuple, dict] = {}
     for r in rows:
@@ -723,6 +719,16 @@ def main(argv=None) -> dict:
         g["ok"] = g["ok"] and r["ok"]
     for g in grouped.values():
         g["depths"] = f"{min(g['depths'])}-{max(g['depths'])}"
+    tables = {"checks: the worst depth of each combination": list(grouped.values())}
+    if cancellations:
+        tables["rounding on entries far below their leaf's largest (not failures)"] = (
+            cancellations)
+    if failures:
+        tables["above tolerance"] = failures
+    common.save_results(folder, args, {"rows": rows, "failures": failures,
+                                       "cancellations": cancellations, "summary": summary,
+                                       "explanation": explain, "tables": tables})
+
     print(f"Gradient checks: {len(rows)} combinations ({len(cnn_rows)} CNN); tolerances "
           + "; ".join(f"{d}: {t}" for d, t in tolerance.items()))
     print(common.table(list(grouped.values())))

@@ -23,6 +23,7 @@ import html
 import json
 import math
 import os
+import re
 import shlex
 import stat
 import sys
@@ -232,6 +233,11 @@ def esc(s) -> str:
     return html.escape(str(s), quote=True)
 
 
+def prose(s: str) -> str:
+    """Docstring text as HTML: escaped, ``literals`` as <code>."""
+    return re.sub(r"``(.+?)``", r"<code>\1</code>", esc(s))
+
+
 def html_table(rows: list[dict], caption: str) -> str:
     columns = list(dict.fromkeys(k for r in rows[:MAX_TABLE_ROWS] for k in r))
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
@@ -274,10 +280,10 @@ def section(run: Run, index: int, page_folder: Path) -> str:
              f"<h2>{esc(run.experiment)} / {esc(run.name)}{mark}</h2>",
              f"<p class=when>{esc(when)}</p>"]
     if first:
-        parts.append(f"<p class=title>{esc(first)}</p>")
+        parts.append(f"<p class=title>{prose(first)}</p>")
     for paragraph in asked:
         tag = "pre" if paragraph.startswith(" ") else "p"
-        parts.append(f"<{tag} class=question>{esc(paragraph)}</{tag}>")
+        parts.append(f"<{tag} class=question>{prose(paragraph)}</{tag}>")
     if not first and not asked:
         parts.append(f"<p class=note>(no script experiments/{esc(run.experiment)}.py "
                      "with a docstring)</p>")
@@ -322,7 +328,7 @@ body { font-family: sans-serif; max-width: 1100px; margin: 1em auto; padding: 0 
        color: #222; background: #fff; }
 h1 { border-bottom: 3px solid #2a6; }
 section.run { border: 1px solid #ccc; border-left: 6px solid #2a6; margin: 1.5em 0;
-              padding: 0.5em 1em; }
+              padding: 0.5em 1em; overflow-x: auto; }
 section.incomplete-run { border-left-color: #d80; background: #fff8ee; }
 .incomplete { background: #d80; color: #fff; padding: 0 0.4em; font-size: 0.7em;
               border-radius: 3px; vertical-align: middle; }
