@@ -238,11 +238,17 @@ def prose(s: str) -> str:
     return re.sub(r"``(.+?)``", r"<code>\1</code>", esc(s))
 
 
+def cell(v, width: int = 80) -> str:
+    """number(v), cut to ``width`` characters (the whole value is in results.json)."""
+    text = number(v)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def html_table(rows: list[dict], caption: str) -> str:
     columns = list(dict.fromkeys(k for r in rows[:MAX_TABLE_ROWS] for k in r))
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{esc(number(r.get(c, '')))}</td>" for c in columns) + "</tr>"
+        "<tr>" + "".join(f"<td>{esc(cell(r.get(c, '')))}</td>" for c in columns) + "</tr>"
         for r in rows[:MAX_TABLE_ROWS])
     more = (f"<p class=note>{len(rows) - MAX_TABLE_ROWS} more rows in results.json</p>"
             if len(rows) > MAX_TABLE_ROWS else "")

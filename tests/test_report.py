@@ -254,3 +254,13 @@ def test_page_renders_in_headless_chromium(runs, tmp_path):
     assert dom.count('<section class="run') == 5
     assert dom.count("data:image/png;base64,") == 2
     assert "per_example_gradients / stopped" in dom and ">incomplete<" in dom
+
+
+def test_long_cells_are_cut_and_tables_without_tables_key_fall_back_to_row_lists():
+    assert report.cell({"a": list(range(100)), "b": "x" * 200}).endswith("…")
+    assert len(report.cell("y" * 500)) == 80 and report.cell("short") == "short"
+    results = {"rows": [{"a": 1, "b": 2.5}], "config": [{"x": 1}], "nested": [{"d": {}}],
+               "numbers": [1, 2]}
+    assert report.row_tables(results) == {"rows": [{"a": 1, "b": 2.5}]}
+    assert report.row_tables({"tables": {"t": [{"a": 1}], "bad": "x"}, "rows": [{"a": 2}]}) == {
+        "t": [{"a": 1}]}
