@@ -37,6 +37,11 @@ absolute error is ~1e-10 (float64) and ~1e-4 (float32), over the floor that is 1
 
 CNN rows (``jaxnn.cnn.CNN``, when that module exists) check a few small convolutional
 networks the same way.
+
+Plots: heatmap_by_depth.png and heatmap_per_layer.png (dense), heatmap_cnn.png (per
+layer of each CNN), on a log10 colour scale with the tolerance drawn on the colour bar,
+cells above it framed red and exact zeros grey (an exact zero has no logarithm);
+fd_error_vs_h.png, the finite-difference error against the step h.
 """
 
 import sys
@@ -384,9 +389,15 @@ def combo_label(row: dict) -> str:
     return f"{row['hidden']} / {row['output']}+{row['loss']}"
 
 
+ZERO_COLOUR = "#bdbdbd"  # exact zeros: outside the colour map's range, labelled apart
+
+
 def error_grid(dense: list[dict], labels: list[str], dtype_name: str, kind: str,
                max_depth: int, per_layer: bool) -> np.ndarray:
-    """log10 errors, one row per hidden/pair label: by depth, or per layer at max_depth."""
+    """Relative errors, one row per hidden/pair label: by depth, or per layer at max_depth.
+
+    Exact zeros stay 0 and cells without a check NaN (``draw_grid`` shows both apart).
+    """
     M = np.full((len(labels), max_depth), np.nan)
     for r in dense:
         if r["dtype"] != dtype_name:
@@ -396,34 +407,122 @@ def error_grid(dense: list[dict], labels: list[str], dtype_name: str, kind: str,
             M[i, r["depth"] - 1] = r[kind]
         elif r["depth"] == max_depth:
             M[i, : max_depth] = list(r["per_layer"][kind].values())
-    return np.log10(np.maximum(M, 1e-18))
+    return M
 
 
-def heatmaps(rows: list[dict], dtypes, folder, max_depth: int) -> None:
-    """Two figures: max error by depth, and max error per layer of the deepest networks."""
+def cnn_label(row: dict) -> str:
+    return f"{row['layers']} ({row['conv_method']})\n{combo_label(row)}"
+
+
+def cnn_layer_name(key: str) -> str:
+    """"['conv'][0]" -> "conv 1"."""
+    kind, index = key.replace("'", "").strip("[]").split("][")
+    return f"{kind} {int(index) + 1}"
+
+
+def cnn_grid_values(cnn: list[dict], dtype_name: str, kind: str):
+    """(errors per CNN (rows) and layer (columns), row labels, column labels); NaN where a
+    network has no such layer."""
+    mine = [r for r in cnn if r["dtype"] == dtype_name]
+    labels = list(dict.fromkeys(cnn_label(r) for r in cnn))
+    columns = sorted({cnn_layer_name(k) for r in cnn for k in r["per_layer"][kind]},
+                     key=lambda c: (c.split()[0] != "conv", int(c.split()[1])))
+    M = np.full((len(labels), len(columns)), np.nan)
+    for r in mine:
+        for key, value in r["per_layer"][kind].items():
+            M[labels.index(cnn_label(r)), columns.index(cnn_layer_name(key))] = value
+    return M, labels, columns
+
+
+def short(x: float) -> str:
+    """1e-10, 3e-2: a tolerance as written in the docstring."""
+    mantissa, exponent = f"{x:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def draw_grid(fig, ax, M: np.ndarray, tolerance: float, rows: list[str], columns: list[str],
+              title: str, xlabel: str) -> None:
+    """One heatmap of relative errors on a log10 colour scale with the tolerance marked:
+    a red line on the colour bar and a red frame round every cell above it. Exact zeros
+    are drawn grey with "0" in the cell, cells without a check (no such layer) white with
+    "–"."""
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    positive = np.where(M > 0, M, np.nan)
+    logs = np.log10(positive)
+    finite = logs[np.isfinite(logs)]
+    span = np.concatenate([finite, [np.log10(tolerance)]])
+    norm = Normalize(np.floor(span.min() - 0.5), np.ceil(span.max() + 0.5))
+    im = ax.imshow(np.ma.masked_invalid(logs), aspect="auto", cmap="viridis", norm=norm)
+    for (i, j), value in np.ndenumerate(M):
+        if value == 0:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color=ZERO_COLOUR))
+            ax.text(j, i, "0", ha="center", va="center", fontsize=7)
+        elif np.isnan(value):
+            ax.text(j, i, "–", ha="center", va="center", fontsize=7, color="0.5")
+        elif value > tolerance:
+            ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False,
+                                   edgecolor="red", lw=1.5))
+    ax.set_xticks(range(len(columns)), columns, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set(xlabel=xlabel, title=f"{title} (tolerance {short(tolerance)})")
+    bar = fig.colorbar(im, ax=ax, label="relative error")
+    low, high = int(norm.vmin), int(norm.vmax)
+    step = max(1, -(-(high - low) // 5))
+    ticks = list(range(low, high + 1, step))
+    bar.set_ticks(ticks, labels=[f"1e{t}" for t in ticks])
+    bar.ax.tick_params(labelsize=7)
+    bar.ax.axhline(np.log10(tolerance), color="red", lw=2.5)
+
+
+def grid_legend(fig) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[
+        Patch(color=ZERO_COLOUR, label="0: exactly equal (no error to take a log of)"),
+        Patch(facecolor="white", edgecolor="0.6", label="–: no such layer"),
+        Line2D([], [], color="red", lw=2, label="tolerance (on the colour bar)"),
+        Patch(facecolor="none", edgecolor="red", label="above tolerance")],
+        loc="lower center", ncol=4, fontsize=7, frameon=False)
+
+
+def heatmaps(rows: list[dict], dtypes, folder, max_depth: int, tolerance: dict) -> list[str]:
+    """Max error by depth and per layer of the deepest dense networks, and per layer of
+    the CNNs (when any were checked). Returns the file names written."""
     plt = common.pyplot()
     dense = [r for r in rows if r["model"] == "dense"]
+    cnn = [r for r in rows if r["model"] == "cnn"]
     labels = list(dict.fromkeys(combo_label(r) for r in dense))
     kinds = ("manual/autodiff", "fd/autodiff")
-    for filename, per_layer, xlabel, title in (
-        ("heatmap_by_depth.png", False, "depth (layers)", "max relative error over all layers"),
-        ("heatmap_per_layer.png", True, "layer l",
-         f"max relative error per layer, depth {max_depth}"),
-    ):
+    depths = [str(t) for t in range(1, max_depth + 1)]
+    figures = [
+        ("heatmap_by_depth.png", "depth (layers)", "max relative error over all layers",
+         lambda d, k: (error_grid(dense, labels, d, k, max_depth, False), labels, depths)),
+        ("heatmap_per_layer.png", "layer l", f"max relative error per layer, depth {max_depth}",
+         lambda d, k: (error_grid(dense, labels, d, k, max_depth, True), labels, depths)),
+    ]
+    if cnn:
+        figures.append(("heatmap_cnn.png", "layer", "CNNs, max relative error per layer",
+                        lambda d, k: cnn_grid_values(cnn, d, k)))
+    written = []
+    for filename, xlabel, title, grid in figures:
+        n_rows = len(grid(dtypes[0], kinds[0])[1])
+        per_row = 0.55 if filename == "heatmap_cnn.png" else 0.3  # two-line labels
         fig, axes = plt.subplots(len(kinds), len(dtypes), squeeze=False,
-                                 figsize=(5.2 * len(dtypes), 0.3 * len(labels) * 2 + 2.5))
+                                 figsize=(6.2 * len(dtypes), per_row * n_rows * 2 + 3.4))
         for a, kind in enumerate(kinds):
             for b, dtype_name in enumerate(dtypes):
-                ax = axes[a][b]
-                M = error_grid(dense, labels, dtype_name, kind, max_depth, per_layer)
-                im = ax.imshow(M, aspect="auto", cmap="viridis")
-                ax.set_xticks(range(max_depth), [str(t) for t in range(1, max_depth + 1)])
-                ax.set_yticks(range(len(labels)), labels, fontsize=7)
-                ax.set(xlabel=xlabel, title=f"{dtype_name}: {kind}")
-                fig.colorbar(im, ax=ax, label="log10 relative error")
+                M, row_labels, columns = grid(dtype_name, kind)
+                draw_grid(fig, axes[a][b], M, tolerance[dtype_name][kind], row_labels,
+                          columns, f"{dtype_name}: {kind}", xlabel)
         fig.suptitle(f"Gradient check, {title}")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        grid_legend(fig)
         common.save_figure(fig, folder, filename)
+        written.append(filename)
+    return written
 
 
 def plot_fd_curve(explain: dict, folder) -> None:
@@ -538,6 +637,9 @@ def main(argv=None) -> dict:
     p.add_argument("--tolerance-scale", type=float, default=1.0,
                    help="multiply every tolerance (a tiny value makes every check fail)")
     p.add_argument("--no-cnn", action="store_true", help="skip the CNN rows")
+    p.epilog = ("Writes runs/gradcheck_matrix/<run>/: results.json, heatmap_by_depth.png, "
+                "heatmap_per_layer.png, heatmap_cnn.png, fd_error_vs_h.png. Exits with "
+                "status 1 when a combination is above its tolerance.")
     args = p.parse_args(argv)
     common.setup(args)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -567,7 +669,7 @@ def main(argv=None) -> dict:
         explain["worst_fd"] = worst_fd_coordinate(max(dense32, key=lambda r: r["fd/autodiff"]),
                                                   args.seed, args.train_steps, args.alpha)
 
-    heatmaps(rows, dtypes, folder, args.max_depth)
+    heatmaps(rows, dtypes, folder, args.max_depth, tolerance)
     if explain is not None:
         plot_fd_curve(explain, folder)
     failures = [{k: r[k] for k in ("model", "dtype", "hidden", "output", "loss", "depth",
@@ -602,10 +704,6 @@ def main(argv=None) -> dict:
             "eps_cube_root": {d: explain["finite_differences"][d]["eps_cube_root"]
                               for d in ("float32", "float64")},
         }
-    common.save_results(folder, args, {"rows": rows, "failures": failures,
-                                       "cancellations": cancellations, "summary": summary,
-                                       "explanation": explain})
-
     # one line per (model, dtype, hidden, pair): the worst depth
     grouped: dict[tuple, dict] = {}
     for r in rows:
@@ -621,6 +719,16 @@ def main(argv=None) -> dict:
         g["ok"] = g["ok"] and r["ok"]
     for g in grouped.values():
         g["depths"] = f"{min(g['depths'])}-{max(g['depths'])}"
+    tables = {"checks: the worst depth of each combination": list(grouped.values())}
+    if cancellations:
+        tables["rounding on entries far below their leaf's largest (not failures)"] = (
+            cancellations)
+    if failures:
+        tables["above tolerance"] = failures
+    common.save_results(folder, args, {"rows": rows, "failures": failures,
+                                       "cancellations": cancellations, "summary": summary,
+                                       "explanation": explain, "tables": tables})
+
     print(f"Gradient checks: {len(rows)} combinations ({len(cnn_rows)} CNN); tolerances "
           + "; ".join(f"{d}: {t}" for d, t in tolerance.items()))
     print(common.table(list(grouped.values())))

@@ -110,17 +110,55 @@ def largest_difference(results: dict, reference: str = "matrix") -> float:
     return worst
 
 
+def readable_log_axes(ax, batch_sizes) -> None:
+    """Ticks at the batch sizes on x, and at 1, 2, 5 × 10^k on y, as plain numbers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.minorticks_off()
+    ax.set_xticks(batch_sizes, [str(m) for m in batch_sizes])
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def grid_tables(rows: list[dict]) -> dict[str, list[dict]]:
+    """The printed tables: µs per example as a batch size × form grid for each direction
+    (one row per m, one column per form), and compile seconds at the largest m."""
+    cell = {(r["direction"], r["m"], r["form"]): r for r in rows}
+    batch_sizes = sorted({r["m"] for r in rows})
+    m_max = batch_sizes[-1]
+    return {
+        "forward: µs per example": [
+            {"m": m} | {form: cell["forward", m, form]["us_per_example"] for form in FORMS}
+            for m in batch_sizes],
+        "backward (mean gradient): µs per example": [
+            {"m": m} | {form: cell["backward", m, form]["us_per_example"] for form in FORMS}
+            for m in batch_sizes],
+        f"compile seconds at m = {m_max}": [
+            {"direction": d} | {form: cell[d, m_max, form]["compile_seconds"] for form in FORMS}
+            for d in ("forward", "backward")],
+    }
+
+
 def main(argv=None) -> dict:
     p = common.parser("vectorization", __doc__)
     p.add_argument("--sizes", default="64,128,128,10", help="layer sizes n_0,...,n_N")
-    p.add_argument("--hidden", choices=("relu", "tanh", "sigmoid"), default="relu")
+    p.add_argument("--hidden", choices=("relu", "tanh", "sigmoid"), default="relu",
+                   help="activation g of the hidden layers")
     p.add_argument("--batch-sizes", default="1,4,16,64,256,1024",
                    help="m values (the digits training set has 1,438 examples)")
     p.add_argument("--repeats", type=int, default=9, help="interleaved repeats per timing")
+    p.epilog = "Writes runs/vectorization/<run>/: results.json and time_per_example.png."
     args = p.parse_args(argv)
+    try:
+        sizes = tuple(int(s) for s in args.sizes.split(","))
+        batch_sizes = [int(s) for s in args.batch_sizes.split(",")]
+    except ValueError:
+        p.error(f"--sizes and --batch-sizes must be comma-separated integers, got "
+                f"{args.sizes!r} and {args.batch_sizes!r}")
+    if len(sizes) < 2 or min(sizes) < 1 or args.repeats < 1:
+        p.error(f"--sizes needs at least two sizes >= 1 and --repeats must be >= 1, got "
+                f"{args.sizes!r} and {args.repeats}")
     common.setup(args)
-    sizes = tuple(int(s) for s in args.sizes.split(","))
-    batch_sizes = [int(s) for s in args.batch_sizes.split(",")]
     if args.smoke:
         batch_sizes, args.repeats = [8], 2
     from jaxnn import DenseNetwork, data
@@ -176,6 +214,7 @@ def main(argv=None) -> dict:
         for form in FORMS:
             ax.loglog(batch_sizes, [lookup(direction, m, form)["us_per_example"]
                                     for m in batch_sizes], "o-", label=form)
+        readable_log_axes(ax, batch_sizes)
         ax.set(xlabel="batch size m", title=f"{direction}"
                + (" (manual δ recursion, mean gradient)" if direction == "backward" else ""))
     axes[0].set_ylabel("µs per example (median)")
@@ -184,14 +223,18 @@ def main(argv=None) -> dict:
                  f"{jax.default_backend()}")
     fig.tight_layout()
     common.save_figure(fig, folder, "time_per_example.png")
-    common.save_results(folder, args, {"rows": rows, "summary": summary})
+    tables = grid_tables(rows)
+    common.save_results(folder, args, {"rows": rows, "summary": summary, "tables": tables})
 
     print(f"{'-'.join(map(str, sizes))} {args.hidden} network, softmax output, {args.dtype}, "
           f"{jax.default_backend()}; medians of {args.repeats} interleaved repeats")
-    print(common.table([{k: r[k] for k in ("direction", "m", "form", "us_per_example",
-                                           "compile_seconds")} for r in rows]))
-    print(f"All four forms agree (largest relative difference "
-          f"{summary['max_rel_difference']:.2e}).")
+    for title, grid in tables.items():
+        print(f"\n{title}" + ("" if title.startswith("compile") else
+                              " (one row per batch size m, one column per form)"))
+        print(common.table(grid))
+    worst = summary["max_rel_difference"]
+    print("\nAll four forms agree (largest relative difference "
+          + ("0: identical)." if worst == 0 else f"{worst:.2e})."))
     for direction in ("forward", "backward"):
         s = summary[direction]
         print(f"{direction}, m = {m_max}: " + ", ".join(

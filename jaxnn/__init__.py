@@ -1,21 +1,44 @@
 """jaxnn: neural-network fundamentals in JAX, each equation of the notes as code.
 
-Modules: activations, losses, initializers, dense (forward), backprop (the δ
-recursion), gradcheck, sgd (explicit gradient descent), model (DenseNetwork).
+Layers (``jaxnn.layers``: dense, activation, conv, pooling, flatten, residual) each
+hold their forward and hand-written backward for one example; ``jaxnn.network`` chains
+them with one forward loop and one δ recursion; ``jaxnn.models`` builds the notes'
+``DenseNetwork`` and ``CNN`` on it. ``gradcheck`` compares manual, autodiff and finite
+differences; ``sgd`` trains; ``fast`` holds the speed variants, tested equal.
 """
 
-from jaxnn import activations, backprop, dense, gradcheck, initializers, losses, model, sgd
-from jaxnn.model import DenseNetwork
+from jaxnn import (
+    activations,
+    backprop,
+    checks,
+    dense,
+    fast,
+    gradcheck,
+    initializers,
+    layers,
+    losses,
+    models,
+    network,
+    sgd,
+)
+from jaxnn.models import CNN, DenseNetwork
+from jaxnn.network import Network
 
 __all__ = [
+    "CNN",
     "DenseNetwork",
+    "Network",
     "activations",
     "backprop",
+    "checks",
     "dense",
+    "fast",
     "gradcheck",
     "initializers",
+    "layers",
     "losses",
-    "model",
+    "models",
+    "network",
     "sgd",
 ]
 __version__ = "0.1.0"

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import inspect
 import json
 import math
 import numbers
@@ -62,7 +61,6 @@ import numpy as np
 
 from jaxnn import sgd
 from jaxnn.files import BadFileError, open_regular
-from jaxnn.initializers import check_key
 
 __all__ = [
     "FORMAT",
@@ -706,37 +704,18 @@ def _same_key(a, b) -> bool:
     return np.array_equal(raw(a), raw(b))
 
 
-def train(
-    model,
-    params,
-    X,
-    Y,
-    *,
-    folder: str | os.PathLike,
-    key: jax.Array,
-    epochs: int,
-    every: int = 1,
-    keep: int | None = 3,
-    resume: bool = True,
-    config: dict | None = None,
-    log: Callable[[str], Any] | None = None,
-    on_epoch: Callable | None = None,
-    **train_kwargs,
-) -> tuple[Any, dict]:
-    """``jaxnn.sgd.train`` with a checkpoint every ``every`` epochs and resume.
+class Checkpoints:
+    """``sgd.train(..., checkpoints=Checkpoints(folder))``: save every few epochs, resume.
 
     With ``resume=True`` the newest valid checkpoint in ``folder`` is restored (newer
     broken ones are skipped and logged) and training continues at its epoch with its
-    parameters, optimiser state, key and history, so the result equals the
-    uninterrupted run's bit for bit on the same machine. With an empty or missing
-    folder it starts from ``params``. A checkpoint is written after every ``every``-th
-    epoch and after the last; ``keep`` newest stay. A non-finite loss raises
-    ``sgd.NonFiniteError`` as ``sgd.train`` does; no checkpoint is written for that
-    epoch, so the newest checkpoint is the last finite state.
+    parameters, optimiser state and history, so the result equals the uninterrupted
+    run's bit for bit on the same machine; an empty or missing folder starts afresh. A
+    checkpoint is written after every ``every``-th epoch and after the last; ``keep``
+    newest stay. A non-finite loss raises ``sgd.NonFiniteError``, and no checkpoint is
+    written for that epoch, so the newest checkpoint is the last finite state.
 
     Args:
-      model, params, X, Y, key, epochs: as for ``sgd.train`` (epochs is the total count,
-        the epochs already done included).
       folder: the checkpoint folder; only ``checkpoint_<step>.npz`` files are written.
       every: epochs between checkpoints, >= 1.
       keep: checkpoints kept (None: all).
@@ -744,77 +723,85 @@ def train(
         overwriting them.
       config: extra JSON configuration stored with each checkpoint.
       log: called with one line of text per event (resumed from, skipped).
-      on_epoch: as for ``sgd.train``, called after the checkpoint of that epoch.
-      train_kwargs: alpha, batch_size, source, optimizer, opt_state for ``sgd.train``.
-    Returns:
-      (params, history) as ``sgd.train``.
-    Raises:
-      ValueError: a checkpoint written with other trajectory settings (model, number of
-        examples, alpha, batch size, gradient source, optimiser) or another key, or
-        checkpoints in folder while resume=False. NoValidCheckpointError: checkpoints
-        exist but none is usable.
+    A checkpoint written with other trajectory settings (model, number of examples,
+    alpha, batch size, gradient source, optimiser) or another key raises ValueError.
     """
-    every = _check_int(every, "every", 1)
-    epochs = _check_int(epochs, "epochs")
-    folder = Path(folder)
-    say = log if log is not None else (lambda message: None)
-    optimizer = train_kwargs.get("optimizer")
-    defaults = inspect.signature(sgd.train).parameters
-    settings = {name: train_kwargs.get(name, defaults[name].default)
-                for name in ("alpha", "batch_size", "source")}
-    model.check(params, X, Y)
-    sgd.check_config(settings["alpha"], epochs, settings["batch_size"], int(np.shape(X)[0]),
-                     settings["source"])
-    check_key(key)
-    run_config = {
-        "model": repr(model), "m": int(np.shape(X)[0]),
-        "alpha": float(settings["alpha"]), "batch_size": int(settings["batch_size"]),
-        "source": settings["source"],
-        "optimizer": None if optimizer is None else type(optimizer).__name__,
-        "extra": _to_json(config if config is not None else {}, "config"),
-    }
-    opt_state = train_kwargs.pop("opt_state", None)
-    if opt_state is None:
-        opt_state = sgd.init_state(params, optimizer)
-    start, history = 0, None
-    if not resume and list_checkpoints(folder):
-        raise ValueError(f"{folder} already holds checkpoints; resume from them "
-                         "(resume=True) or choose an empty folder")
-    restored = restore_latest(folder, TrainState(params, opt_state)) if resume else None
-    if resume and restored is None:
-        say(f"no checkpoint in {folder}; starting at epoch 0")
-    if restored is not None:
+
+    def __init__(self, folder: str | os.PathLike, *, every: int = 1, keep: int | None = 3,
+                 resume: bool = True, config: dict | None = None,
+                 log: Callable[[str], Any] | None = None):
+        self.folder = Path(folder)
+        self.every = _check_int(every, "every", 1)
+        self.keep, self.resume = keep, resume
+        self.extra = _to_json(config if config is not None else {}, "config")
+        self.log = log if log is not None else (lambda message: None)
+        self.run_config: dict | None = None
+
+    def start(self, model, params, opt_state, key, *, epochs, m, alpha, batch_size, source,
+              optimizer):
+        """The state to continue from, (params, opt_state, epoch, history), or None."""
+        self.run_config = {
+            "model": repr(model), "m": int(m), "alpha": float(alpha),
+            "batch_size": int(batch_size), "source": source,
+            "optimizer": None if optimizer is None else type(optimizer).__name__,
+            "extra": self.extra,
+        }
+        if not self.resume:
+            if list_checkpoints(self.folder):
+                raise ValueError(f"{self.folder} already holds checkpoints; resume from them "
+                                 "(resume=True) or choose an empty folder")
+            return None
+        restored = restore_latest(self.folder, TrainState(params, opt_state))
+        if restored is None:
+            self.log(f"no checkpoint in {self.folder}; starting at epoch 0")
+            return None
         for skipped in restored.skipped:
-            say(f"skipped {skipped.path}: {skipped.reason}")
+            self.log(f"skipped {skipped.path}: {skipped.reason}")
         state = restored.state
         for name in _TRAJECTORY:
-            if state.config.get(name) != run_config[name]:
+            if state.config.get(name) != self.run_config[name]:
                 raise ValueError(
                     f"{restored.path} was written by a run with {name}="
-                    f"{state.config.get(name)!r}, this run has {run_config[name]!r}; "
+                    f"{state.config.get(name)!r}, this run has {self.run_config[name]!r}; "
                     "resuming would not continue that run")
         if state.key is None or not _same_key(state.key, key):
             raise ValueError(f"{restored.path} was written with another PRNG key")
-        params, opt_state, start, history = (state.params, state.opt_state, state.epoch,
-                                             state.history)
-        say(f"resumed from {restored.path} at epoch {start}")
-        if start >= epochs:
-            return params, history
-    steps_per_epoch = run_config["m"] // run_config["batch_size"]
+        self.log(f"resumed from {restored.path} at epoch {state.epoch}")
+        return state.params, state.opt_state, min(state.epoch, epochs), state.history
 
-    def checkpoint_then(e, p, s, h):
-        if (e + 1) % every == 0 or e + 1 == epochs:
-            save(folder, TrainState(p, s, key, e + 1, (e + 1) * steps_per_epoch, h,
-                                    run_config), keep=keep)
-        if on_epoch is not None:
-            on_epoch(e, p, s, h)
+    def after_epoch(self, on_epoch: Callable | None, key, steps_per_epoch: int, epochs: int):
+        """``on_epoch`` preceded by the checkpoint of that epoch, where one is due."""
+        def save_then(e, params, opt_state, history):
+            if (e + 1) % self.every == 0 or e + 1 == epochs:
+                from jaxnn import parallel
 
-    try:
-        return sgd.train(model, params, X, Y, key=key, epochs=epochs, opt_state=opt_state,
-                         on_epoch=checkpoint_then, start_epoch=start, history=history,
-                         **train_kwargs)
-    except sgd.NonFiniteError as error:
-        newest = list_checkpoints(folder)
-        error.add_note(f"checkpoints in {folder} end at the last finite state: "
+                state = TrainState(parallel.local_copy(params), parallel.local_copy(opt_state),
+                                   key, e + 1, (e + 1) * steps_per_epoch, history,
+                                   self.run_config)
+                if jax.process_index() == 0:
+                    save(self.folder, state, keep=self.keep)
+            if on_epoch is not None:
+                on_epoch(e, params, opt_state, history)
+
+        return save_then
+
+    def note(self, error: Exception) -> None:
+        """Add to a training error where the last finite state is."""
+        newest = list_checkpoints(self.folder)
+        error.add_note(f"checkpoints in {self.folder} end at the last finite state: "
                        + (newest[-1][1].name if newest else "none written"))
-        raise
+
+
+def train(model, params, X, Y, *, folder: str | os.PathLike, key: jax.Array, epochs: int,
+          every: int = 1, keep: int | None = 3, resume: bool = True,
+          config: dict | None = None, log: Callable[[str], Any] | None = None,
+          **train_kwargs) -> tuple[Any, dict]:
+    """``sgd.train(..., checkpoints=Checkpoints(folder, every=..., ...))``.
+
+    Kept for the code that calls it; ``sgd.train`` with ``checkpoints=`` is the one loop.
+    ``epochs`` is the total count, the epochs already done included.
+    """
+    checkpoints = Checkpoints(folder, every=every, keep=keep, resume=resume, config=config,
+                              log=log)
+    return sgd.train(model, params, X, Y, key=key, epochs=epochs, checkpoints=checkpoints,
+                     **train_kwargs)

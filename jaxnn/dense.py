@@ -3,30 +3,34 @@
 Parameters are a list of N layers, layer l (l = 1..N, list index l-1) being
 ``{"W": (n_l, n_{l-1}), "b": (n_l,)}``, the notes' shapes. For one example, a^[0] = x and
 
-    z^[l] = W^[l] a^[l-1] + b^[l]        (1)
-    a^[l] = g^[l](z^[l])                 (2)
+    z^[l] = W^[l] a^[l-1] + b^[l]        (1)   jaxnn.layers.Dense
+    a^[l] = g^[l](z^[l])                 (2)   jaxnn.layers.Activation
 
 with one hidden activation g^[1] = ... = g^[N-1] and an output g^[N] (identity for
 regression, sigmoid for binary, softmax for multiclass classification). Erratum: the
 notes write the output layer of their two-layer example as z^[2] = W^[2] x + b^[2];
 it takes the hidden activations, z^[2] = W^[2] a^[1] + b^[2], as (1) says.
 
-(a) ``forward``: one example, x of shape (n_0,), as the equations read.
+(a) ``forward``: one example, x of shape (n_0,), as the equations read (the network's
+    forward loop over Dense and Activation layers).
 (b) ``forward_batch``: ``jax.vmap`` of (a); X of shape (m, n_0), the batch API.
 (c) ``forward_matrix``: the notes' vectorised form Z^[l] = W^[l] A^[l-1] + b^[l] with
-    examples as columns, A^[0] = X of shape (n_0, m).
+    examples as columns, A^[0] = X of shape (n_0, m): the same loop over the layers in
+    their column form (``DenseColumns``).
 
 The dtype follows the inputs: params and x must share one floating dtype.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxnn import activations, initializers
+from jaxnn import activations, checks, network
+from jaxnn.layers import Activation, Dense
 
 Params = list[dict[str, jax.Array]]
 
@@ -45,19 +49,12 @@ def init(
     ``sigma`` for "normal"); b^[l] of shape (n_l,) starts at 0, a column vector as the
     notes' z = Wx + b needs (erratum: not a stack of transposed rows).
     """
-    initializers.check_key(key)
-    initialize = initializers.get(method)
+    checks.key(key)
     sizes = check_sizes(sizes)
-    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-        raise TypeError(f"parameters must have a floating dtype, got {jnp.dtype(dtype)}")
+    checks.floating(dtype)
     keys = jax.random.split(key, len(sizes) - 1)
-    return [
-        {
-            "W": initialize(k, (n_out, n_in), dtype, **kwargs),
-            "b": jnp.zeros((n_out,), dtype),
-        }
-        for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
-    ]
+    return [Dense(n_out).init(k, (n_in,), method, dtype, **kwargs)[1]
+            for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)]
 
 
 def check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
@@ -148,9 +145,30 @@ def check_input(params: Params, X: ArrayLike, batch: bool = True) -> None:
         )
 
 
+def sizes_of(params: Params) -> tuple[int, ...]:
+    """(n_0, n_1, ..., n_N) read off the shapes of W^[1], ..., W^[N]."""
+    return (jnp.shape(params[0]["W"])[1],) + tuple(jnp.shape(p["W"])[0] for p in params)
+
+
+def layers(sizes: Sequence[int], hidden: str) -> tuple:
+    """Dense(n_1), g, Dense(n_2), ..., Dense(n_N): a network's layers after the input n_0."""
+    out = []
+    for n in sizes[1:]:
+        out += [Dense(n), Activation(hidden)]
+    return tuple(out[:-1])
+
+
+def with_activations(params: Params) -> list:
+    """[p_1, {}, p_2, ..., p_N]: the per-layer params of ``layers(params, g)``."""
+    out = []
+    for p in params:
+        out += [p, {}]
+    return out[:-1]
+
+
 def layer(W: jax.Array, b: jax.Array, a_prev: jax.Array) -> jax.Array:
     """z^[l] = W^[l] a^[l-1] + b^[l]. W: (n_l, n_{l-1}); a_prev: (n_{l-1},). Returns (n_l,)."""
-    return W @ a_prev + b
+    return Dense(jnp.shape(W)[0]).forward({"W": W, "b": b}, a_prev)[0]
 
 
 def forward_cache(
@@ -163,26 +181,18 @@ def forward_cache(
     """
     check_names(hidden, output)
     check_input(params, x, batch=False)
-    g, g_out = activations.get(hidden).g, activations.get(output).g
-    a = jnp.asarray(x)
-    zs, a_s = [], [a]
-    for l, p in enumerate(params, start=1):
-        z = layer(p["W"], p["b"], a)
-        a = g_out(z) if l == len(params) else g(z)
-        zs.append(z)
-        a_s.append(a)
-    return zs, a_s
+    z, caches = network.forward(layers(sizes_of(params), hidden), with_activations(params),
+                                jnp.asarray(x))
+    # a dense layer keeps its input a^[l-1], an activation its input z^[l]
+    return caches[1::2] + [z], caches[0::2] + [activations.get(output).g(z)]
 
 
 def logits(params: Params, x: ArrayLike, hidden: str) -> jax.Array:
     """z^[N] for one example x of shape (n_0,); the input to the stable losses."""
     check_names(hidden, "identity")
     check_input(params, x, batch=False)
-    g = activations.get(hidden).g
-    a = jnp.asarray(x)
-    for p in params[:-1]:
-        a = g(layer(p["W"], p["b"], a))
-    return layer(params[-1]["W"], params[-1]["b"], a)
+    return network.forward(layers(sizes_of(params), hidden), with_activations(params),
+                           jnp.asarray(x))[0]
 
 
 def forward(params: Params, x: ArrayLike, hidden: str = "relu", output: str = "identity"):
@@ -200,14 +210,32 @@ def forward_batch(
     return jax.vmap(forward, in_axes=(None, 0, None, None))(params, X, hidden, output)
 
 
+@dataclass(frozen=True)
+class DenseColumns:
+    """The dense layer on examples as columns: Z^[l] = W^[l] A^[l-1] + b^[l] (b added to
+    every column); its backward Δ^[l] A^[l-1]ᵀ (summed over the m columns), Δ^[l] 1 and
+    W^[l]ᵀ Δ^[l]. A: (n_{l-1}, m)."""
+
+    def forward(self, params, A):
+        return params["W"] @ A + params["b"][:, None], A
+
+    def backward(self, params, A, Delta):
+        return {"W": Delta @ A.T, "b": jnp.sum(Delta, axis=1)}, params["W"].T @ Delta
+
+
+def columns(params: Params, hidden: str) -> tuple:
+    """The network's layers in the column form: DenseColumns, g, ..., DenseColumns."""
+    return tuple(DenseColumns() if isinstance(layer, Dense) else layer
+                 for layer in layers(sizes_of(params), hidden))
+
+
 def forward_matrix_cache(
     params: Params, X: ArrayLike, hidden: str, output: str
 ) -> tuple[list[jax.Array], list[jax.Array]]:
     """(c) Z^[l] = W^[l] A^[l-1] + b^[l], A^[l] = g^[l](Z^[l]), examples as columns.
 
     X: A^[0] of shape (n_0, m). Returns (Zs, As) as ``forward_cache`` does, each
-    Z^[l], A^[l] of shape (n_l, m). b^[l] is added to every column (b[:, None]).
-    The softmax output normalises each column (axis 0).
+    Z^[l], A^[l] of shape (n_l, m). The softmax output normalises each column (axis 0).
     """
     check_names(hidden, output)
     check_params(params)
@@ -222,20 +250,11 @@ def forward_matrix_cache(
             f"input dtype {jnp.result_type(X)} differs from parameter dtype "
             f"{jnp.result_type(params[0]['W'])}; cast one to the other (no silent promotion)"
         )
-    g = activations.get(hidden).g
-    A = jnp.asarray(X)
-    Zs, As = [], [A]
-    for l, p in enumerate(params, start=1):
-        Z = p["W"] @ A + p["b"][:, None]
-        if l < len(params):
-            A = g(Z)
-        elif output == "softmax":
-            A = activations.softmax(Z, axis=0)
-        else:
-            A = activations.get(output).g(Z)
-        Zs.append(Z)
-        As.append(A)
-    return Zs, As
+    Z, caches = network.forward(columns(params, hidden), with_activations(params),
+                                jnp.asarray(X))
+    A_N = activations.softmax(Z, axis=0) if output == "softmax" else \
+        activations.get(output).g(Z)
+    return caches[1::2] + [Z], caches[0::2] + [A_N]
 
 
 def forward_matrix(

@@ -20,23 +20,17 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxnn import checks
+
 
 def check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     """A weight shape as a tuple of positive ints, else ValueError."""
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise ValueError(f"a weight shape must be a sequence of ints, got {shape!r}") from None
-    if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0
-               for n in shape):
-        raise ValueError(f"a weight shape must be positive ints, got {shape}")
-    return tuple(int(n) for n in shape)
+    return checks.shape(shape, "a weight shape")
 
 
 def _checked(key, shape, dtype) -> tuple[int, ...]:
-    check_key(key)
-    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-        raise TypeError(f"weights must have a floating dtype, got {jnp.dtype(dtype)}")
+    checks.key(key)
+    checks.floating(dtype, "weights")
     return check_shape(shape)
 
 
@@ -106,13 +100,4 @@ def get(name: str) -> Callable:
     return INITIALIZERS[name]
 
 
-def check_key(key) -> None:
-    """Raise TypeError unless ``key`` is a jax.random key (typed or raw uint32 (2,))."""
-    if isinstance(key, int):
-        raise TypeError("expected a jax.random key (jax.random.key(seed)), got an int")
-    dtype = getattr(key, "dtype", None)
-    if dtype is None or not (
-        jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-        or (dtype == jnp.uint32 and key.shape == (2,))
-    ):
-        raise TypeError(f"expected a jax.random key, got {type(key).__name__}")
+check_key = checks.key

@@ -5,8 +5,8 @@ B examples is split along its example axis, so each of the D devices holds B / D
 examples (``NamedSharding(mesh, P("data"))``). The parameters, the optimiser state and
 the learning rate are replicated: every device holds all of them (``P()``).
 
-The training step is ``sgd._step`` (forward, manual or autodiff gradient, explicit
-update ``sgd.update`` or an optax one, or the in-place ``backprop.descend_rows`` where
+The training step is ``sgd.step`` (forward, manual or autodiff gradient, explicit
+update ``sgd.update`` or an optax one, or the in-place ``jaxnn.fast.descent`` where
 ``sgd.descends``), unchanged, compiled by ``jax.jit`` with these
 input and output shardings. Because the model's loss and gradient are means over the
 batch, (1/B) Σ_i, each device computes its part of the sum and XLA inserts the
@@ -15,9 +15,9 @@ up to the order of the floating-point additions. Nothing else changes; the updat
 runs on every device on identical numbers, so the replicas stay identical.
 
 An epoch is a ``lax.scan`` over minibatches as in ``sgd.run_epoch``. The permutation is
-``sgd.batch_indices(fold_in(key, e), m, B)``, the one ``sgd.train`` draws, so
-``train_parallel`` follows the single-device data order exactly and its parameters
-equal ``sgd.train``'s up to rounding.
+``sgd.batch_indices(fold_in(key, e), m, B)``, the one drawn on one device, so
+``sgd.train(..., mesh=mesh)`` follows the single-device data order exactly and its
+parameters equal one device's up to rounding.
 
 The divisibility rule: the batch size B must be a multiple of the size of the
 ``"data"`` axis (the number of devices); otherwise ``ValueError``.
@@ -45,7 +45,6 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +78,7 @@ __all__ = [
     "run_epoch",
     "sharded",
     "train_parallel",
+    "epochs",
 ]
 
 
@@ -262,12 +262,12 @@ def _shardings(mesh: Mesh, layout: tuple):
 
 
 def _donate() -> tuple[int, ...]:
-    return (0, 1) if sgd._donate() else ()
+    return (0, 1) if sgd.donated() else ()
 
 
 def _step(params, opt_state, X, Y, alpha, model, source, optimizer):
-    params, opt_state, loss, _ = sgd._step(params, opt_state, X, Y, alpha, model, source,
-                                           optimizer, bool(sgd._donate()))
+    params, opt_state, loss, _ = sgd.step(params, opt_state, X, Y, alpha, model, source,
+                                          optimizer, bool(sgd.donated()))
     return params, opt_state, loss
 
 
@@ -302,12 +302,14 @@ def make_step(model, source: str = "manual",
     return step
 
 
-def _epoch(params, opt_state, Xb, Yb, alpha, model, source, optimizer, batch_sharding):
+def _epoch(params, opt_state, Xb, Yb, alpha, model, source, optimizer, batch_sharding,
+           skip_nonfinite):
     def body(carry, step_and_batch):
-        step, X, Y = step_and_batch
+        i, X, Y = step_and_batch
         X = jax.lax.with_sharding_constraint(X, batch_sharding)
         Y = jax.lax.with_sharding_constraint(Y, batch_sharding)
-        return sgd.guarded_step(carry, step, X, Y, alpha, model, source, optimizer)
+        return sgd.guarded_step(carry, i, X, Y, alpha, model, source, optimizer,
+                                skip_nonfinite)
 
     steps = jnp.arange(Xb.shape[0], dtype=jnp.int32)
     (params, opt_state, bad), losses = jax.lax.scan(
@@ -319,13 +321,14 @@ def _epoch(params, opt_state, Xb, Yb, alpha, model, source, optimizer, batch_sha
 def _compiled_epoch(mesh: Mesh, donate: tuple[int, ...], params_layout, state_layout):
     rep, batches = replicated(mesh), sharded(mesh, axis=1)
     p, o = _shardings(mesh, params_layout), _shardings(mesh, state_layout)
-    return jax.jit(_epoch, static_argnums=(5, 6, 7, 8),
+    return jax.jit(_epoch, static_argnums=(5, 6, 7, 8, 9),
                    in_shardings=(p, o, batches, batches, rep),
                    out_shardings=(p, o, rep, rep), donate_argnums=donate)
 
 
 def run_epoch(params, opt_state, Xb, Yb, alpha, *, model, source: str,
-              optimizer: optax.GradientTransformation | None, mesh: Mesh):
+              optimizer: optax.GradientTransformation | None, mesh: Mesh,
+              skip_nonfinite: bool = True):
     """One epoch on the mesh as one compiled ``lax.scan`` over the minibatches.
 
     Args:
@@ -339,83 +342,50 @@ def run_epoch(params, opt_state, Xb, Yb, alpha, *, model, source: str,
       Compiled once per (model, source, optimizer, shardings, shapes, dtypes).
     """
     fn = _compiled_epoch(mesh, _donate(), _layout(params), _layout(opt_state))
-    return fn(params, opt_state, Xb, Yb, alpha, model, source, optimizer, sharded(mesh))
+    return fn(params, opt_state, Xb, Yb, alpha, model, source, optimizer, sharded(mesh),
+              bool(skip_nonfinite))
 
 
 # -------------------------------------------------------------------------- training
 
 
-def train_parallel(
-    model,
-    params,
-    X,
-    Y,
-    *,
-    key: jax.Array,
-    alpha: float = 0.1,
-    epochs: int = 10,
-    batch_size: int = 32,
-    source: str = "manual",
-    mesh: Mesh | None = None,
-    optimizer: optax.GradientTransformation | None = None,
-    opt_state: Any = None,
-    on_epoch: Callable | None = None,
-    min_shard_size: int = 2**16,
-) -> tuple[Any, dict]:
-    """``sgd.train`` on every device of ``mesh``, data parallel; same data order, same result.
+def epochs(mesh: Mesh, model, params, opt_state, X, Y, key, alpha, source, optimizer,
+           batch_size: int, skip_nonfinite: bool = True, shuffle: bool = True,
+           min_shard_size: int = 2**16):
+    """The epochs of ``sgd.train(..., mesh=mesh)``: (``sgd.Epochs``, ``local_copy``).
 
-    Each epoch e draws ``sgd.batch_indices(fold_in(key, e), m, batch_size)`` as
-    ``sgd.train`` does, cuts X and Y into those minibatches and splits each one over
-    the ``"data"`` devices (each process reads only its own devices' rows). Params and
-    optimiser state are replicated (or split over "model", below); the gradient is the
-    whole minibatch's mean, so the result equals ``sgd.train``'s up to the order of
-    floating-point additions. The training accuracy in the history is computed on one
-    device of each process over all of X, as ``sgd.train`` does.
-
-    Args:
-      model: a model (``DenseNetwork``, ``jaxnn.cnn.CNN``): static, hashable.
-      params: its parameters, the same values in every process.
-      X: (m, ...) inputs; Y: (m, k) targets or (m,) labels; host arrays (numpy, memory
-        maps) or device arrays, the same in every process.
-      key, alpha, epochs, batch_size, source, optimizer, opt_state, on_epoch: as
-        ``sgd.train``. ``on_epoch(epoch, params, opt_state, history)`` gets the arrays
-        on the mesh; with many processes it runs in every process.
-      mesh: a mesh with a ``"data"`` axis (default :func:`make_mesh`, all devices).
-        With a ``"model"`` axis too (``make_mesh(model=k)``), weight matrices (and
-        their optimiser state) of at least ``min_shard_size`` elements are split by
-        rows over it (:func:`param_sharding`); all other leaves are replicated.
-    Returns:
-      (params, history): params on the mesh (:func:`local_copy` gives whole arrays
-      in any process); history as ``sgd.train``'s.
-    Raises:
-      ValueError: batch_size not divisible by the ``"data"`` axis size, or any input
-        ``sgd.train`` refuses.
-      sgd.NonFiniteError: as ``sgd.train``.
+    Each epoch e draws ``sgd.batch_indices(fold_in(key, e), m, batch_size)`` as on one
+    device, cuts X and Y into those minibatches and splits each one over the "data"
+    devices (each process reads only its own devices' rows). Params and optimiser
+    state are placed on the mesh: replicated, or split by rows over "model" for the
+    weight matrices of at least ``min_shard_size`` elements (:func:`param_sharding`).
     """
-    mesh = make_mesh() if mesh is None else mesh
     if DATA not in mesh.axis_names:
         raise ValueError(f"mesh must have a '{DATA}' axis, got axes {mesh.axis_names}")
-    model.check(params, X, Y)
-    m = int(np.shape(X)[0])
-    sgd.check_config(alpha, epochs, batch_size, m, source)
     check_batch_size(batch_size, mesh)
-    if opt_state is None:
-        opt_state = sgd.init_state(params, optimizer)
     X_host, Y_host = np.asarray(X), np.asarray(Y)
+    m = X_host.shape[0]
     dtype = jax.tree.leaves(params)[0].dtype
-    params = place(params, param_sharding(params, mesh, min_shard_size))
-    opt_state = place(opt_state, param_sharding(opt_state, mesh, min_shard_size))
-    alpha_rep = replicate(np.asarray(alpha, dtype), mesh)
-    accuracy = jax.jit(model.accuracy)
-    history: dict[str, list] = {"loss": [], "accuracy": []}
-    for e in range(epochs):
-        idx = np.asarray(sgd.batch_indices(jax.random.fold_in(key, e), m, batch_size))
-        params, opt_state, losses, bad = run_epoch(
-            params, opt_state, gather(X_host, idx, mesh), gather(Y_host, idx, mesh),
-            alpha_rep, model=model, source=source, optimizer=optimizer, mesh=mesh)
-        sgd.finish_epoch(e, params, opt_state, local_copy(losses), bad, history,
-                         lambda p: accuracy(local_copy(p), X_host, Y_host), on_epoch)
-    return params, history
+    start = (place(params, param_sharding(params, mesh, min_shard_size)),
+             place(opt_state, param_sharding(opt_state, mesh, min_shard_size)))
+    alpha = replicate(np.asarray(alpha, dtype), mesh)
+
+    def run(e, params, opt_state):
+        idx = np.asarray(sgd.batch_indices(jax.random.fold_in(key, e), m, batch_size, shuffle))
+        return run_epoch(params, opt_state, gather(X_host, idx, mesh),
+                         gather(Y_host, idx, mesh), alpha, model=model, source=source,
+                         optimizer=optimizer, mesh=mesh, skip_nonfinite=skip_nonfinite)
+
+    return sgd.Epochs(start, run), local_copy
+
+
+def train_parallel(model, params, X, Y, *, mesh: Mesh | None = None, **kwargs):
+    """``sgd.train(model, params, X, Y, mesh=mesh, ...)`` (default mesh: every device).
+
+    Kept for the code that calls it; ``sgd.train`` with ``mesh=`` is the one loop.
+    """
+    return sgd.train(model, params, X, Y, mesh=make_mesh() if mesh is None else mesh,
+                     **kwargs)
 
 
 # ------------------------------------------------------------------------ many hosts

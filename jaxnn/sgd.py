@@ -18,16 +18,19 @@ still names the first bad step, but the parameters it carries are those at the e
 the epoch, non-finite ones included.
 
 Memory. The manual gradient with the explicit update, on a model that offers it
-(``DenseNetwork`` in its default rows form) with a layer whose ∂L/∂W^[l] is over 8 MiB,
-and parameters that are donated (every epoch; ``make_step`` off the CPU), runs as
-``model.manual_descent`` (``descends``): each W^[l] is updated block by block in its
-own buffer after the δ recursion, no ∂L/∂W^[l] held whole, and a step is skipped when
-the loss is non-finite or a gradient is not certainly finite (``backprop.descend_rows``).
-Every other step (``jax.grad``, an optax optimiser, a CNN, a small network) computes
-the whole gradient and then updates; skipping then costs memory, as the decision waits
-for every gradient, all held at once, and the update keeps the old parameters beside
-the new. XLA's buffers for an mlp_wide epoch (``experiments.benchmark``): 192 MiB in
-place, with or without skipping; with ``jax.grad``, 288 MiB skipping and 248 without.
+(``DenseNetwork`` in its default rows form) with a layer whose ∂L/∂W^[l] is over one
+block (``jaxnn.fast.descent.BLOCK_BYTES``), and parameters that are donated (every
+epoch; ``make_step`` off the CPU), runs as ``model.manual_descent`` (``descends``): each
+W^[l] is updated block by block in its own buffer after the δ recursion, no ∂L/∂W^[l]
+held whole, and a step is skipped when the loss is non-finite or a gradient is not
+certainly finite. Every other step computes the whole gradient and then updates;
+skipping then holds all of a step's gradients at once, as the decision waits for
+every one. The benchmark (``experiments.benchmark``) measures both.
+
+One loop. ``train`` is the one training entry: ``checkpoints=`` (a
+``jaxnn.checkpoint.Checkpoints``) saves every few epochs and resumes from the newest
+valid checkpoint, ``mesh=`` (a ``jax.sharding.Mesh``, ``jaxnn.parallel.make_mesh``)
+runs every epoch data parallel over its devices.
 """
 
 import functools
@@ -41,8 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxnn import backprop
-from jaxnn.initializers import check_key
+from jaxnn import checks
+from jaxnn.fast.descent import BLOCK_BYTES
 
 SOURCES = ("manual", "autodiff")
 
@@ -78,25 +81,22 @@ def descends(model, source: str, optimizer, params) -> bool:
     """Whether the step runs as ``model.manual_descent``, each W^[l] updated in place.
 
     It does for the manual gradient with the explicit update, on a model that offers the
-    descent, when some ∂L/∂W^[l] would be larger than one block
-    (``backprop.BLOCK_BYTES``, 8 MiB). Smaller networks compute their whole, small,
-    gradient first, in fewer operations: in place, the 64-128-10 network's scanned
-    step took 1.1x as long, the 784-512-512-10 network's 1.03x
-    (``experiments.benchmark``'s workloads), the 4096-wide one's 0.95x.
+    descent, when some ∂L/∂W^[l] would be larger than one block (``BLOCK_BYTES``):
+    smaller networks compute their whole, small, gradient first, in fewer operations.
     """
     if source != "manual" or optimizer is not None:
         return False
     if not getattr(model, "descends_in_place", False):
         return False
-    return max(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) > backprop.BLOCK_BYTES
+    return max(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) > BLOCK_BYTES
 
 
-def _step(params, opt_state, X, Y, alpha, model, source, optimizer, donated=False):
-    """(new params, new opt_state, loss, grads); grads is None for ``model.manual_descent``.
+def step(params, opt_state, X, Y, alpha, model, source, optimizer, donated=False):
+    """One training step: (new params, new opt_state, loss, grads).
 
-    The descent runs only where params are ``donated``: otherwise XLA must first copy
-    every W^[l] into a new buffer, and the in-place update saves nothing (an mlp_wide
-    step on the CPU, which does not donate, took 1.05x the time).
+    grads is None for ``model.manual_descent``, which runs only where params are
+    ``donated``: otherwise XLA must first copy every W^[l], and the in-place update
+    saves nothing.
     """
     if donated and descends(model, source, optimizer, params):
         params, loss, _ = model.manual_descent(params, X, Y, alpha)
@@ -108,7 +108,8 @@ def _step(params, opt_state, X, Y, alpha, model, source, optimizer, donated=Fals
     return optax.apply_updates(params, updates), opt_state, loss, grads
 
 
-def _donate() -> tuple[str, ...]:
+def donated() -> tuple[str, ...]:
+    """The arguments a compiled step donates: params and opt_state, except on the CPU."""
     return () if jax.default_backend() == "cpu" else ("params", "opt_state")
 
 
@@ -121,13 +122,13 @@ def make_step(model, source: str = "manual", optimizer: optax.GradientTransforma
     """
     gradient(model, source)
 
-    def step(params, opt_state, X, Y, alpha):
+    def one_step(params, opt_state, X, Y, alpha):
         model.check(params, X, Y)  # shapes and dtypes: checked once, when traced
-        params, opt_state, loss, _ = _step(params, opt_state, X, Y, alpha, model, source,
-                                           optimizer, bool(_donate()))
+        params, opt_state, loss, _ = step(params, opt_state, X, Y, alpha, model, source,
+                                          optimizer, bool(donated()))
         return params, opt_state, loss
 
-    return jax.jit(step, donate_argnames=_donate())
+    return jax.jit(one_step, donate_argnames=donated())
 
 
 def init_state(params, optimizer: optax.GradientTransformation | None):
@@ -135,14 +136,17 @@ def init_state(params, optimizer: optax.GradientTransformation | None):
     return () if optimizer is None else optimizer.init(params)
 
 
-def batch_indices(key: jax.Array, m: int, batch_size: int) -> jax.Array:
-    """Indices of floor(m / batch_size) shuffled minibatches, shape (n_batches, batch_size)."""
-    if not _is_int(m) or m < 0:
-        raise ValueError(f"m must be an int >= 0, got {m!r}")
-    if not _is_int(batch_size) or not 1 <= batch_size <= max(m, 1):
-        raise ValueError(f"batch_size must be an int in [1, m={m}], got {batch_size!r}")
+def batch_indices(key: jax.Array, m: int, batch_size: int, shuffle: bool = True) -> jax.Array:
+    """Indices of floor(m / batch_size) minibatches, shape (n_batches, batch_size).
+
+    Shuffled by a permutation drawn with ``key``; with ``shuffle=False`` the examples go
+    in their order, 0, 1, ..., every epoch (the last m mod batch_size always sit out).
+    """
+    m = checks.integer(m, "m", 0)
+    batch_size = checks.integer(batch_size, "batch_size", 1, max(m, 1), f"m={m}")
     n_batches = m // batch_size
-    return jax.random.permutation(key, m)[: n_batches * batch_size].reshape(n_batches, -1)
+    order = jax.random.permutation(key, m) if shuffle else jnp.arange(m)
+    return order[: n_batches * batch_size].reshape(n_batches, -1)
 
 
 def all_finite(*trees) -> jax.Array:
@@ -150,12 +154,13 @@ def all_finite(*trees) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
 
 
-def guarded_step(carry, step, X, Y, alpha, model, source, optimizer, skip_nonfinite=True):
+def guarded_step(carry, i, X, Y, alpha, model, source, optimizer, skip_nonfinite=True):
     """One step of an epoch's scan, skipped once a loss or gradient was non-finite.
 
-    carry = (params, opt_state, bad), bad being -1 or the first bad step's index.
+    carry = (params, opt_state, bad), bad being -1 or the first bad step's index; i is
+    this step's index.
     With skip_nonfinite=False the step is applied regardless (bad is still recorded).
-    A step that ``descends`` in place is bad when ``backprop.descend_rows`` cannot
+    A step that ``descends`` in place is bad when ``jaxnn.fast.descent`` cannot
     certify its gradient finite; any other when the loss or a gradient is not finite
     (skipping) or the loss or a new parameter is not (skip_nonfinite=False).
     Returns (carry, loss).
@@ -164,29 +169,29 @@ def guarded_step(carry, step, X, Y, alpha, model, source, optimizer, skip_nonfin
     if descends(model, source, optimizer, params):
         params, loss, ok = model.manual_descent(params, X, Y, alpha,
                                                 (bad < 0) if skip_nonfinite else None)
-        return (params, opt_state, jnp.where((bad < 0) & ~ok, step, bad)), loss
-    new_params, new_state, loss, grads = _step(
+        return (params, opt_state, jnp.where((bad < 0) & ~ok, i, bad)), loss
+    new_params, new_state, loss, grads = step(
         params, opt_state, X, Y, alpha, model, source, optimizer)
     if not skip_nonfinite:
         # the new parameters are finite iff the gradients were (barring overflow in the
         # update, which is as bad); checking them keeps no gradient alive for the check
         ok = all_finite(loss, new_params, new_state)
-        return (new_params, new_state, jnp.where((bad < 0) & ~ok, step, bad)), loss
+        return (new_params, new_state, jnp.where((bad < 0) & ~ok, i, bad)), loss
     ok = (bad < 0) & all_finite(loss, grads)
     keep = functools.partial(jnp.where, ok)
     params = jax.tree.map(keep, new_params, params)
     opt_state = jax.tree.map(keep, new_state, opt_state)
-    bad = jnp.where((bad < 0) & ~ok, step, bad)
+    bad = jnp.where((bad < 0) & ~ok, i, bad)
     return (params, opt_state, bad), loss
 
 
 def _epoch(params, opt_state, X, Y, key, alpha, model, source, optimizer, batch_size,
-           skip_nonfinite=True):
-    batches = batch_indices(key, X.shape[0], batch_size)
+           skip_nonfinite=True, shuffle=True):
+    batches = batch_indices(key, X.shape[0], batch_size, shuffle)
 
     def body(carry, step_and_idx):
-        step, idx = step_and_idx
-        return guarded_step(carry, step, X[idx], Y[idx], alpha, model, source, optimizer,
+        i, idx = step_and_idx
+        return guarded_step(carry, i, X[idx], Y[idx], alpha, model, source, optimizer,
                             skip_nonfinite)
 
     steps = jnp.arange(batches.shape[0], dtype=jnp.int32)
@@ -195,31 +200,23 @@ def _epoch(params, opt_state, X, Y, key, alpha, model, source, optimizer, batch_
     return params, opt_state, losses, bad
 
 
-_STATIC = ("model", "source", "optimizer", "batch_size", "skip_nonfinite")
+_STATIC = ("model", "source", "optimizer", "batch_size", "skip_nonfinite", "shuffle")
 epoch_donating = jax.jit(_epoch, static_argnames=_STATIC, donate_argnames=("params", "opt_state"))
 
 
 def run_epoch(params, opt_state, X, Y, key, alpha, *, model, source, optimizer, batch_size,
-              skip_nonfinite: bool = True):
+              skip_nonfinite: bool = True, shuffle: bool = True):
     """One epoch as one compiled ``lax.scan``.
 
     Returns (params, opt_state, losses of shape (n_batches,), first bad step or -1).
     Compiled once per (model, source, optimizer, batch_size, shapes, dtypes). The
     params and opt_state given are donated on every backend: the returned ones take
-    over their buffers and the arrays passed in are deleted (``train`` passes a copy).
-    Without donation the old and new parameters coexist at the end of the epoch: an
-    mlp_wide epoch (``experiments.benchmark``) would need 321 instead of 192 MiB of XLA
-    buffers with the manual gradient (in place, ``descends``), and with ``jax.grad``
-    417 instead of 288 (376 instead of 248 with skip_nonfinite=False), against 168 MiB
-    of parameters and one batch's activations.
+    over their buffers and the arrays passed in are deleted (``train`` passes a copy);
+    without donation the old and new parameters would coexist at the end of the epoch.
     """
     return epoch_donating(params, opt_state, X, Y, key, alpha, model=model, source=source,
                           optimizer=optimizer, batch_size=batch_size,
-                          skip_nonfinite=bool(skip_nonfinite))
-
-
-def _is_int(n) -> bool:
-    return isinstance(n, numbers.Integral) and not isinstance(n, bool | np.bool_)
+                          skip_nonfinite=bool(skip_nonfinite), shuffle=bool(shuffle))
 
 
 def check_config(alpha, epochs: int, batch_size: int, m: int, source: str) -> None:
@@ -236,10 +233,8 @@ def check_config(alpha, epochs: int, batch_size: int, m: int, source: str) -> No
         raise TypeError(f"learning rate alpha must be a number, got {type(alpha).__name__}")
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"learning rate alpha must be finite and > 0, got {alpha}")
-    if not _is_int(epochs) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if not _is_int(batch_size) or not 1 <= batch_size <= m:
-        raise ValueError(f"batch_size must be an int in [1, m={m}], got {batch_size!r}")
+    checks.integer(epochs, "epochs", 0)
+    checks.integer(batch_size, "batch_size", 1, m, f"m={m}")
     if source not in SOURCES:
         raise ValueError(f"gradient source must be one of {SOURCES}, got {source!r}")
 
@@ -266,11 +261,15 @@ def train(
     start_epoch: int = 0,
     history: dict | None = None,
     skip_nonfinite: bool = True,
+    shuffle: bool = True,
+    checkpoints=None,
+    mesh=None,
+    min_shard_size: int = 2**16,
 ) -> tuple[Any, dict]:
-    """Minibatch training for ``epochs`` epochs.
+    """Minibatch training for ``epochs`` epochs: the one training loop.
 
     Args:
-      model: a model (``jaxnn.model.DenseNetwork``, ``jaxnn.cnn.CNN``).
+      model: a model (``jaxnn.models.Model``: ``DenseNetwork``, ``CNN``, a ``Network``).
       params: its parameters; X: (m, ...) inputs; Y: (m, k) targets or (m,) labels.
       key: PRNG key for the per-epoch shuffles (epoch e uses fold_in(key, e)).
       alpha: learning rate of the explicit update (ignored when ``optimizer`` is given).
@@ -285,23 +284,33 @@ def train(
         after epoch e - 1 repeats the uninterrupted run exactly.
       skip_nonfinite: skip every update from the first non-finite loss or gradient of an
         epoch on, so that NonFiniteError carries the last finite params (default). False
-        saves the memory this takes where the whole gradient comes first (module
-        docstring); the error's params are then the epoch's last ones.
+        saves the memory this takes where the whole gradient comes first; the error's
+        params are then the epoch's last ones.
+      shuffle: False keeps the examples in their order every epoch (a fixed minibatch
+        sequence); True draws a permutation per epoch.
+      checkpoints: a ``jaxnn.checkpoint.Checkpoints``: a checkpoint every few epochs,
+        and the run resumed from the newest valid one in its folder (start_epoch,
+        history and opt_state then come from it).
+      mesh: a ``jax.sharding.Mesh`` with a "data" axis (``jaxnn.parallel.make_mesh``):
+        every minibatch split over its devices, the parameters replicated (or split by
+        rows over a "model" axis, those of at least ``min_shard_size`` elements); the
+        result equals one device's up to the order of floating-point additions.
     Returns:
       (params, history) with history {"loss": mean minibatch loss per epoch,
-      "accuracy": training accuracy after each epoch (None for regression)}.
+      "accuracy": training accuracy after each epoch (None for regression)}. With a
+      mesh, params are on it (``jaxnn.parallel.local_copy`` gives whole arrays).
     Raises:
       NonFiniteError when a loss or gradient stops being finite.
     """
     model.check(params, X, Y)
-    check_config(alpha, epochs, batch_size, int(X.shape[0]), source)
-    if not isinstance(skip_nonfinite, bool | np.bool_):
-        raise TypeError(f"skip_nonfinite must be True or False, got {skip_nonfinite!r}")
-    check_key(key)
+    m = int(np.shape(X)[0])
+    check_config(alpha, epochs, batch_size, m, source)
+    for name, flag in (("skip_nonfinite", skip_nonfinite), ("shuffle", shuffle)):
+        if not isinstance(flag, bool | np.bool_):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    checks.key(key)
     epochs, batch_size = int(epochs), int(batch_size)
-    if not _is_int(start_epoch) or not 0 <= start_epoch <= epochs:
-        raise ValueError(f"start_epoch must be an int in [0, epochs={epochs}], got {start_epoch!r}")
-    start_epoch = int(start_epoch)
+    start_epoch = checks.integer(start_epoch, "start_epoch", 0, epochs, f"epochs={epochs}")
     if on_epoch is not None and not callable(on_epoch):
         raise TypeError(f"on_epoch must be callable, got {type(on_epoch).__name__}")
     if optimizer is not None and not (callable(getattr(optimizer, "init", None))
@@ -315,24 +324,65 @@ def train(
     else:
         check_opt_state(opt_state, params, optimizer)
     history = _start_history(history, start_epoch)
-    # each epoch donates its input buffers: keep the caller's arrays alive
-    params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
+    if checkpoints is not None:
+        resumed = checkpoints.start(model, params, opt_state, key, epochs=epochs, m=m,
+                                    alpha=alpha, batch_size=batch_size, source=source,
+                                    optimizer=optimizer)
+        if resumed is not None:
+            params, opt_state, start_epoch, history = resumed
+        on_epoch = checkpoints.after_epoch(on_epoch, key, m // batch_size, epochs)
+    if mesh is None:
+        epoch, local = _one_device(model, params, opt_state, X, Y, key, alpha, source,
+                                   optimizer, batch_size, skip_nonfinite, shuffle)
+    else:
+        from jaxnn import parallel  # parallel builds on this module
+
+        epoch, local = parallel.epochs(mesh, model, params, opt_state, X, Y, key, alpha,
+                                       source, optimizer, batch_size, skip_nonfinite,
+                                       shuffle, min_shard_size)
     accuracy = functools.partial(_accuracy, model)
-    alpha = jnp.asarray(alpha, jax.tree.leaves(params)[0].dtype)
+    params, opt_state = epoch.start
     for e in range(start_epoch, epochs):
-        params, opt_state, losses, bad = run_epoch(
-            params, opt_state, X, Y, jax.random.fold_in(key, e), alpha, model=model,
-            source=source, optimizer=optimizer, batch_size=batch_size,
-            skip_nonfinite=skip_nonfinite)
-        finish_epoch(e, params, opt_state, losses, bad, history,
-                     lambda p: accuracy(p, X, Y), on_epoch, skip_nonfinite)
+        params, opt_state, losses, bad = epoch(e, params, opt_state)
+        try:
+            finish_epoch(e, params, opt_state, local(losses), bad, history,
+                         lambda p: accuracy(local(p), X, Y), on_epoch, skip_nonfinite)
+        except NonFiniteError as error:
+            if checkpoints is not None:
+                checkpoints.note(error)
+            raise
     return params, history
+
+
+class Epochs:
+    """A training loop's epochs: ``start`` (params, opt_state) and a call per epoch."""
+
+    def __init__(self, start, run):
+        self.start, self._run = start, run
+
+    def __call__(self, e, params, opt_state):
+        return self._run(e, params, opt_state)
+
+
+def _one_device(model, params, opt_state, X, Y, key, alpha, source, optimizer, batch_size,
+                skip_nonfinite, shuffle):
+    # each epoch donates its input buffers: keep the caller's arrays alive
+    start = jax.tree.map(jnp.copy, (params, opt_state))
+    alpha = jnp.asarray(alpha, jax.tree.leaves(params)[0].dtype)
+
+    def run(e, params, opt_state):
+        return run_epoch(params, opt_state, X, Y, jax.random.fold_in(key, e), alpha,
+                         model=model, source=source, optimizer=optimizer,
+                         batch_size=batch_size, skip_nonfinite=skip_nonfinite,
+                         shuffle=shuffle)
+
+    return Epochs(start, run), (lambda tree: tree)
 
 
 def finish_epoch(e: int, params, opt_state, losses, bad, history: dict,
                  accuracy: Callable, on_epoch: Callable | None,
                  skip_nonfinite: bool = True) -> None:
-    """The end of epoch e of a training loop (``train``, ``parallel.train_parallel``).
+    """The end of epoch e of the training loop.
 
     Raises NonFiniteError when the epoch's first bad step ``bad`` is >= 0; otherwise
     appends the mean of ``losses`` and ``accuracy(params)`` to ``history`` and calls

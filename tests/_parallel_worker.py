@@ -119,7 +119,7 @@ def collectives(mesh, c: Case) -> tuple[list[str], int]:
     text = fn.lower(params, state, parallel.gather(np.asarray(c.X), idx, mesh),
                     parallel.gather(np.asarray(c.Y), idx, mesh),
                     parallel.replicate(np.asarray(ALPHA, np.float64), mesh), c.model, c.source,
-                    c.optimizer, parallel.sharded(mesh)).compile().as_text()
+                    c.optimizer, parallel.sharded(mesh), True).compile().as_text()
     pattern = r"\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)\b"
     gathered = [math.prod(int(d) for d in dims.split(",") if d)
                 for dims in re.findall(r"= \w+\[([\d,]*)\]\S* all-gather\(", text)]

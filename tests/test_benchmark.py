@@ -39,6 +39,18 @@ def test_smoke_writes_json(tmp_path):
         assert m["xla_bytes"] >= memory["params_bytes"] + memory["data_bytes"] // 2
         assert m["train_peak_rss"] > 0 and m["ratio_rss"] > 0
     assert {t["target"].split(":")[0] for t in saved["targets"]} >= {"mlp_small", "cnn_small"}
+    # the ceiling is measured again after every workload, and the plot is written
+    around = saved["gemm_ceiling"]["around_workloads"]
+    assert len(around) == 3 and min(around) > 0
+    assert saved["gemm_ceiling"]["best"] == max(around)
+    for r in saved["workloads"].values():
+        assert r["ceiling_around"]["before"] in around and r["ceiling_around"]["after"] in around
+    noisy = set(saved["noisy_workloads"])
+    verdicts = saved["tables"]["targets (reported, not asserted)"]
+    assert {v["met"] for v in verdicts} <= {"yes", "NO", "noisy"}
+    for v, t in zip(verdicts, saved["targets"], strict=True):
+        assert v["met"] == ("yes" if t["met"] else "noisy" if t["workload"] in noisy else "NO")
+    assert (Path(out["folder"]) / "ratios.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_flop_rule():
@@ -110,3 +122,45 @@ def test_peers_without_torch_exits_nonzero(monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         benchmark.main(["--peers", "--smoke", "--runs-dir", str(tmp_path)])
     assert exit_info.value.code != 0
+
+
+def test_a_fallen_ceiling_marks_its_workloads_noisy_instead_of_no():
+    ceilings = {"mlp_small": {"before": 207.0, "after": 190.0},
+                "mlp_mnist": {"before": 190.0, "after": 54.0},  # load came during it
+                "mlp_wide": {"before": 54.0, "after": 150.0}}
+    noisy = benchmark.noisy_workloads(ceilings, 207.0, 0.7)
+    assert noisy == {"mlp_mnist", "mlp_wide"}
+    assert benchmark.noisy_workloads(ceilings, 207.0, 0.2) == set()
+    goals = [{"target": "mlp_small: a", "value": 2.0, "met": False, "workload": "mlp_small",
+              "timing": True},
+             {"target": "mlp_mnist: b", "value": 2.0, "met": False, "workload": "mlp_mnist",
+              "timing": True},
+             {"target": "mlp_mnist: c", "value": 0.5, "met": True, "workload": "mlp_mnist",
+              "timing": True},
+             {"target": "mlp_wide: memory", "value": 2.0, "met": False, "workload": "mlp_wide",
+              "timing": False}]
+    assert [v["met"] for v in benchmark.verdicts(goals, noisy)] == ["NO", "noisy", "yes", "NO"]
+
+
+def test_durations_read_in_s_ms_us():
+    assert benchmark.duration(28.0594700e-3) == "28.1 ms"
+    assert benchmark.duration(28.0594700) == "28.1 s"
+    assert benchmark.duration(2.8e-5) == "28.0 µs"
+    assert benchmark.duration(0.99996) == "1.00 s"
+    assert benchmark.duration(0.0) == "0 s" and benchmark.duration(None) == ""
+
+
+def test_ratio_panels_hold_the_measured_ratios():
+    results = {"mlp_small": {"manual_over_autodiff": 0.9, "scan_manual_over_autodiff": 1.1,
+                             "loop_over_scan": 2.0, "numpy_best_seconds": 3e-4,
+                             "median_seconds": {"manual": 1e-4}},
+               "mlp_wide": {"manual_over_autodiff": 1.01, "median_seconds": {"manual": 0.3}}}
+    panels = {title: series for title, _, series, _ in benchmark.ratio_panels(results)}
+    assert panels["manual vs autodiff"] == {
+        "manual/autodiff step": {"mlp_small": 0.9, "mlp_wide": 1.01},
+        "manual/autodiff scan": {"mlp_small": 1.1}}
+    assert panels["scanned epoch vs Python loop"] == {"loop/scan (per step)": {"mlp_small": 2.0}}
+    assert panels["peers vs the manual step"]["numpy/manual step"]["mlp_small"] == (
+        pytest.approx(3.0))
+    del results["mlp_small"]["numpy_best_seconds"]
+    assert "peers vs the manual step" not in {t for t, *_ in benchmark.ratio_panels(results)}
