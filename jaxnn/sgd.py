@@ -302,23 +302,10 @@ def train(
     Raises:
       NonFiniteError when a loss or gradient stops being finite.
     """
-    model.check(params, X, Y)
     m = int(np.shape(X)[0])
-    check_config(alpha, epochs, batch_size, m, source)
-    for name, flag in (("skip_nonfinite", skip_nonfinite), ("shuffle", shuffle)):
-        if not isinstance(flag, bool | np.bool_):
-            raise TypeError(f"{name} must be True or False, got {flag!r}")
-    checks.key(key)
+    start_epoch = _check_train(model, params, X, Y, key, alpha, epochs, batch_size, source,
+                               optimizer, on_epoch, start_epoch, skip_nonfinite, shuffle)
     epochs, batch_size = int(epochs), int(batch_size)
-    start_epoch = checks.integer(start_epoch, "start_epoch", 0, epochs, f"epochs={epochs}")
-    if on_epoch is not None and not callable(on_epoch):
-        raise TypeError(f"on_epoch must be callable, got {type(on_epoch).__name__}")
-    if optimizer is not None and not (callable(getattr(optimizer, "init", None))
-                                      and callable(getattr(optimizer, "update", None))):
-        raise TypeError(
-            "optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
-            f"got {type(optimizer).__name__}"
-        )
     if opt_state is None:
         opt_state = init_state(params, optimizer)
     else:
@@ -352,6 +339,27 @@ def train(
                 checkpoints.note(error)
             raise
     return params, history
+
+
+def _check_train(model, params, X, Y, key, alpha, epochs, batch_size, source, optimizer,
+                 on_epoch, start_epoch, skip_nonfinite, shuffle) -> int:
+    """``train``'s arguments, validated; returns start_epoch as an int."""
+    model.check(params, X, Y)
+    m = int(np.shape(X)[0])
+    check_config(alpha, epochs, batch_size, m, source)
+    for name, flag in (("skip_nonfinite", skip_nonfinite), ("shuffle", shuffle)):
+        if not isinstance(flag, bool | np.bool_):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    checks.key(key)
+    if on_epoch is not None and not callable(on_epoch):
+        raise TypeError(f"on_epoch must be callable, got {type(on_epoch).__name__}")
+    if optimizer is not None and not (callable(getattr(optimizer, "init", None))
+                                      and callable(getattr(optimizer, "update", None))):
+        raise TypeError(
+            "optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
+            f"got {type(optimizer).__name__}"
+        )
+    return checks.integer(start_epoch, "start_epoch", 0, epochs, f"epochs={epochs}")
 
 
 class Epochs:
