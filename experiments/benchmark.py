@@ -63,7 +63,7 @@ the parameters, the optimiser state (none for explicit SGD) and one batch's acti
 XLA's own accounting of the compiled epoch (arguments + outputs − donated + temporaries)
 is reported beside it. The epoch is the manual one with the explicit update, which on
 mlp_wide updates each W^[l] in place, 8 MiB of ∂L/∂W^[l] at a time
-(``backprop.descend_rows``; ``sgd.descends``).
+(``DenseNetwork.manual_descent``, ``jaxnn.fast.descent``; ``sgd.descends``).
 
 Malloc: like every experiment (``common.setup``), the benchmark makes glibc's malloc keep
 freed memory for reuse (``common.retain_freed_memory``; ``--system-malloc`` leaves it),

@@ -16,7 +16,7 @@ examples (``grad_vmap``), and in the notes' matrix form with examples as columns
 ∂L/∂W^[l] = Δ^[l] A^[l-1]ᵀ / m (``grad_matrix``). Nothing here calls jax.grad, jax.vjp
 or jax.jvp: these are the gradients that ``gradcheck`` compares against autodiff and
 finite differences. The batched rows form and the in-place descent that training uses
-are in ``jaxnn.fast``.
+are in ``jaxnn.fast`` (``DenseNetwork.manual_grad`` and ``manual_descent``).
 """
 
 from collections.abc import Callable
@@ -119,33 +119,7 @@ def grad_matrix(
             jax.tree.map(lambda g: g / m, grads[::2]))
 
 
-def grad_rows(
-    params: Params, X: ArrayLike, Y: ArrayLike, hidden: str, output: str, loss: str
-) -> tuple[jax.Array, Params]:
-    """The batched rows form that training uses (``jaxnn.fast``), with these arguments."""
-    from jaxnn.models import DenseNetwork
-
-    sizes = dense.sizes_of(params)
-    return DenseNetwork(sizes, hidden, output, loss).manual_grad(params, X, Y)
-
-
-def cnn_grad(model, params, X: ArrayLike, Y: ArrayLike):
-    """(mean loss, gradient) of a ``jaxnn.models.CNN``: its ``manual_grad``."""
-    return model.manual_grad(params, X, Y)
-
-
-def descend_rows(params: Params, X: ArrayLike, Y: ArrayLike, alpha, hidden: str, output: str,
-                 loss: str, allow=None, block_bytes: int | None = None):
-    """One step of gradient descent in place (``jaxnn.fast.descent``), these arguments."""
-    from jaxnn import fast
-    from jaxnn.models import DenseNetwork
-
-    net = DenseNetwork(dense.sizes_of(params), hidden, output, loss)
-    return net.manual_descent(params, X, Y, alpha, allow,
-                              fast.descent.BLOCK_BYTES if block_bytes is None else block_bytes)
-
-
-_MOVED = {"delta_t_a": "batched", "BLOCK_BYTES": "descent", "descend_weights": "descent",
+_MOVED = {"delta_t_a": "forms", "BLOCK_BYTES": "descent", "descend_weights": "descent",
           "gradient_bound": "descent"}
 
 
@@ -160,5 +134,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'jaxnn.backprop' has no attribute {name!r}")
 
 
-__all__ = ["backward", "cnn_grad", "descend_rows", "grad_example", "grad_matrix", "grad_rows",
-           "grad_vmap"]
+__all__ = ["backward", "grad_example", "grad_matrix", "grad_vmap"]

@@ -47,8 +47,28 @@ class Model(Protocol):
 GRAD_FORMS = ("rows", "matrix", "vmap")
 
 
+class Batched(_Methods):
+    """Methods that run the network's loops over ``jaxnn.fast``'s batched layer forms."""
+
+    def fast_options(self) -> dict:
+        return {}
+
+    def batched_layers(self) -> tuple:
+        return tuple(fast.batched(layer, **self.fast_options())
+                     for layer in self.network.layers)
+
+    def forward_logits(self, params, X):
+        return forward(self.batched_layers(), self.to_layers(params), X)[0]
+
+    def fast_grad(self, params, X, Y):
+        net = self.network
+        loss, grads = fast.manual_grad(self.batched_layers(), net.output, net.loss_name,
+                                       self.to_layers(params), X, Y)
+        return loss, self.from_layers(grads)
+
+
 @dataclass(frozen=True)
-class DenseNetwork(_Methods):
+class DenseNetwork(Batched):
     """An N-layer dense network: sizes (n_0, ..., n_N), one hidden g, an output g^[N], a loss.
 
     ``grad_form`` picks the manual batch gradient: "rows" (``jaxnn.fast``: the batch as
@@ -135,7 +155,7 @@ def Pool(window, stride=None, kind: str = "max_pool"):  # noqa: N802 - reads as 
 
 
 @dataclass(frozen=True)
-class CNN(_Methods):
+class CNN(Batched):
     """Convolutional network: input (H, W, C), feature layers, dense sizes, activations, loss.
 
     Args:

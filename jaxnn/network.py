@@ -17,7 +17,7 @@ then *minimises* L (erratum: the notes say maximise).
 ``Network.loss`` is the independent autodiff path. Batches take examples along the
 leading axis; the reference batch gradient is ``jax.vmap`` of the per-example one and
 a mean. ``jaxnn.fast`` runs the same two loops over batched forms of the layers, which
-is what the public methods use (``Model``): the same numbers, tested equal.
+is what ``jaxnn.models``' DenseNetwork and CNN use: the same numbers, tested equal.
 """
 
 import functools
@@ -66,7 +66,8 @@ class Model:
 
     A subclass provides ``network`` (a ``Network``), ``to_layers`` / ``from_layers``
     (its parameter layout to the network's list of per-layer params and back), ``init``
-    and ``check``; ``fast_grad`` may pick a faster hand-written gradient. Each public
+    and ``check``; ``forward_logits`` and ``fast_grad`` may run faster forms of the same
+    equations (``jaxnn.models``). Each public
     method checks its arguments (shapes and dtypes, label values when concrete), then
     calls a ``jax.jit``-compiled core with the model static, so an eager call compiles
     once per shape and a call under an outer ``jit`` is inlined.
@@ -78,21 +79,21 @@ class Model:
     def from_layers(self, layer_params: list):
         return layer_params
 
-    def batched_layers(self) -> tuple:
-        """The layers in their batched forms (``jaxnn.fast.batched``)."""
-        from jaxnn import fast  # fast builds on this module
+    def forward_logits(self, params, X):
+        """Z^[N] of a batch: the per-example forward loop, vmapped (``jaxnn.models`` runs
+        the batched forms of ``jaxnn.fast`` instead)."""
+        return jax.vmap(self.network.logits_example, in_axes=(None, 0))(self.to_layers(params), X)
 
-        return tuple(fast.batched(layer, **self.fast_options()) for layer in
-                     self.network.layers)
-
-    def fast_options(self) -> dict:
-        return {}
+    def fast_grad(self, params, X, Y):
+        """The manual gradient the public methods use: here the reference."""
+        loss, grads = self.network.manual_grad(self.to_layers(params), X, Y)
+        return loss, self.from_layers(grads)
 
     # --- cores: no checks, compiled --------------------------------------------------
 
     @functools.partial(jax.jit, static_argnums=0)
     def _logits(self, params, X):
-        return forward(self.batched_layers(), self.to_layers(params), X)[0]
+        return self.forward_logits(params, X)
 
     @functools.partial(jax.jit, static_argnums=0)
     def _loss(self, params, X, Y):
@@ -102,14 +103,6 @@ class Model:
     @functools.partial(jax.jit, static_argnums=0)
     def _manual_grad(self, params, X, Y):
         return self.fast_grad(params, X, Y)
-
-    def fast_grad(self, params, X, Y):
-        from jaxnn import fast
-
-        net = self.network
-        loss, grads = fast.manual_grad(self.batched_layers(), net.output, net.loss_name,
-                                       self.to_layers(params), X, Y)
-        return loss, self.from_layers(grads)
 
     @functools.partial(jax.jit, static_argnums=(0, 4))
     def _per_example_grads(self, params, X, Y, source):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnn import DenseNetwork, backprop, fast, gradcheck
+from jaxnn import DenseNetwork, backprop, dense, fast, gradcheck
 
 from .helpers import PAIRS, problem
 
@@ -130,8 +130,20 @@ def test_delta_t_a_is_the_sum_of_outer_products():
     np.testing.assert_allclose(batched[1], 2 * outer, rtol=1e-13, atol=1e-14)
 
 
-descend = jax.jit(backprop.descend_rows,
-                  static_argnames=("hidden", "output", "loss", "block_bytes"))
+def network(params, hidden, output, loss):
+    return DenseNetwork(dense.sizes_of(params), hidden, output, loss)
+
+
+def descend(params, X, Y, alpha, hidden, output, loss, allow=None,
+            block_bytes=fast.descent.BLOCK_BYTES):
+    """One in-place step of ``jaxnn.fast.descent`` through ``DenseNetwork.manual_descent``."""
+    step = jax.jit(network(params, hidden, output, loss).manual_descent,
+                   static_argnames="block_bytes")
+    return step(params, X, Y, alpha, allow, block_bytes=block_bytes)
+
+
+def grad_rows(params, X, Y, hidden, output, loss):
+    return network(params, hidden, output, loss).manual_grad(params, X, Y)
 
 
 @pytest.mark.parametrize("output, loss", PAIRS)
@@ -142,7 +154,7 @@ def test_descend_rows_is_one_step_of_gradient_descent(output, loss, block_bytes)
     net, params, X, Y = problem("tanh", output, loss, 3, jnp.float64)
     new, mean_loss, ok = descend(params, X, Y, 0.3, hidden="tanh", output=output, loss=loss,
                                  block_bytes=block_bytes)
-    manual_loss, manual = backprop.grad_rows(params, X, Y, "tanh", output, loss)
+    manual_loss, manual = grad_rows(params, X, Y, "tanh", output, loss)
     auto = jax.grad(net.loss)(params, X, Y)
     assert bool(ok)
     np.testing.assert_allclose(mean_loss, manual_loss, rtol=1e-15)
@@ -179,7 +191,7 @@ def test_descend_rows_applies_only_certainly_finite_steps():
     Y_0 = jnp.zeros((8, 1), jnp.float32)
     new, loss, ok = descend(W, X_big, Y_0, 0.1, allow=True, **names)
     assert bool(jnp.isfinite(loss)) and not bool(ok) and same(new, W)
-    _, grads = backprop.grad_rows(W, X_big, Y_0, *names.values())
+    _, grads = grad_rows(W, X_big, Y_0, *names.values())
     assert bool(jnp.all(jnp.isfinite(grads[0]["W"])))
 
 

@@ -1,6 +1,6 @@
 """Speed, apart from the reference equations: drop-in replacements, each tested equal.
 
-- ``batched``: the batched form of a layer (matrix products over the whole minibatch,
+- ``batched`` (``forms.py``): the batched form of a layer (matrix products over the whole minibatch,
   im2col or ``lax.conv`` convolutions) for the network's forward loop and δ recursion;
 - ``manual_grad``: the network's hand-written batch gradient through those forms;
 - ``descent``: gradient descent of a dense network with every W^[l] updated in place;
@@ -15,7 +15,7 @@ import jax
 
 from jaxnn import losses, network
 from jaxnn.fast import conv, descent
-from jaxnn.fast.batched import batched, delta_t_a
+from jaxnn.fast.forms import Vmapped, batched, delta_t_a
 
 
 def manual_grad(batched_layers, output: str, loss: str, params: list, X, Y):
@@ -31,4 +31,4 @@ def manual_grad(batched_layers, output: str, loss: str, params: list, X, Y):
     return losses.mean_output_loss(output, loss, Z, Y), jax.tree.map(lambda g: g / m, grads)
 
 
-__all__ = ["batched", "conv", "delta_t_a", "descent", "manual_grad"]
+__all__ = ["Vmapped", "batched", "conv", "delta_t_a", "descent", "manual_grad"]
