@@ -60,7 +60,7 @@ class Batched(_Methods):
     def forward_logits(self, params, X):
         return forward(self.batched_layers(), self.to_layers(params), X)[0]
 
-    def fast_grad(self, params, X, Y):
+    def batch_grad(self, params, X, Y):
         net = self.network
         loss, grads = fast.manual_grad(self.batched_layers(), net.output, net.loss_name,
                                        self.to_layers(params), X, Y)
@@ -105,13 +105,13 @@ class DenseNetwork(Batched):
         """Parameters for this network (see ``dense.init``)."""
         return dense.init(key, self.sizes, method, dtype, **kwargs)
 
-    def fast_grad(self, params, X, Y):
+    def batch_grad(self, params, X, Y):
         if self.grad_form == "matrix":
             return backprop.grad_matrix(params, X, Y, self.hidden, self.output, self.loss_name)
         if self.grad_form == "vmap":
             loss, grads = self.network.manual_grad(self.to_layers(params), X, Y)
             return loss, self.from_layers(grads)
-        return super().fast_grad(params, X, Y)
+        return super().batch_grad(params, X, Y)
 
     @property
     def descends_in_place(self) -> bool:

@@ -66,11 +66,11 @@ class Model:
 
     A subclass provides ``network`` (a ``Network``), ``to_layers`` / ``from_layers``
     (its parameter layout to the network's list of per-layer params and back), ``init``
-    and ``check``; ``forward_logits`` and ``fast_grad`` may run faster forms of the same
-    equations (``jaxnn.models``). Each public
-    method checks its arguments (shapes and dtypes, label values when concrete), then
-    calls a ``jax.jit``-compiled core with the model static, so an eager call compiles
-    once per shape and a call under an outer ``jit`` is inlined.
+    and ``check``; ``forward_logits`` and ``batch_grad`` may run faster forms of the same
+    equations (``jaxnn.models``). Each public method checks its arguments (shapes and
+    dtypes, label values when concrete), then calls a ``jax.jit``-compiled core with the
+    model static, so an eager call compiles once per shape and a call under an outer
+    ``jit`` is inlined.
     """
 
     def to_layers(self, params) -> list:
@@ -84,8 +84,8 @@ class Model:
         the batched forms of ``jaxnn.fast`` instead)."""
         return jax.vmap(self.network.logits_example, in_axes=(None, 0))(self.to_layers(params), X)
 
-    def fast_grad(self, params, X, Y):
-        """The manual gradient the public methods use: here the reference."""
+    def batch_grad(self, params, X, Y):
+        """(mean loss, gradient) by the hand-written recursion: here the reference form."""
         loss, grads = self.network.manual_grad(self.to_layers(params), X, Y)
         return loss, self.from_layers(grads)
 
@@ -102,7 +102,7 @@ class Model:
 
     @functools.partial(jax.jit, static_argnums=0)
     def _manual_grad(self, params, X, Y):
-        return self.fast_grad(params, X, Y)
+        return self.batch_grad(params, X, Y)
 
     @functools.partial(jax.jit, static_argnums=(0, 4))
     def _per_example_grads(self, params, X, Y, source):
