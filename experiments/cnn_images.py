@@ -34,8 +34,9 @@ INPUTS = {"digits": ((8, 8, 1), 10), "patches": ((64, 64, 3), 2)}
 LAYERS = {"digits": "conv:64:3:1:same,pool:2,dense:128",
           "patches": "conv:8:4:4,pool:2,conv:16:3:1:same,pool:2"}
 LAYER_HELP = ("comma-separated layers: conv:F:K[:S[:P]] (F filters of K x K, stride S, "
-              "padding P = valid, same or a number; default 1 and valid), pool:W[:S] (max "
-              "pooling over W x W, stride S, default W), dense:N (a hidden dense layer of N "
+              "padding P = valid, same or a number; 1 and valid if left out), pool:W[:S] "
+              "(max pooling over W x W, stride S, W if left out), dense:N (a hidden dense "
+              "layer of N "
               "units after flattening); ReLU after every conv and hidden dense layer, and a "
               "softmax output layer over the classes is added")
 

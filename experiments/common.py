@@ -15,7 +15,9 @@ import math
 import os
 import platform
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,15 +47,23 @@ class Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Each option's default shown once: appended unless its help already says it.
+    """Each option's default shown once: appended unless its help already has a
+    "(default ...)" of its own.
 
     Switches (store_true) show none; a --flag/--no-flag pair names the spelling that is
     in effect by default, so ``(default: --conv-methods)`` reads the right way round.
     """
 
+    def _split_lines(self, text, width):
+        import textwrap
+
+        # option names and layer specs stay whole: no break after their hyphens
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width,
+                             break_on_hyphens=False)
+
     def _get_help_string(self, action):
         text = (action.help or "").replace(" (default: %(default)s)", "")
-        if (action.default in (None, argparse.SUPPRESS) or "default" in text.lower()
+        if (action.default in (None, argparse.SUPPRESS) or "(default" in text
                 or (action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction))):
             return text
         if isinstance(action, argparse.BooleanOptionalAction):
@@ -398,6 +408,9 @@ def run(main: Callable, argv: Sequence[str] | None = None,
     spec = getattr(module, "__spec__", None)
     prog = f"python -m {spec.name if spec is not None else 'experiments'}"
     _ACTIVE.clear()
+    if threading.current_thread() is threading.main_thread():
+        # a background job of a shell starts with SIGINT ignored; `kill -INT` is Ctrl-C here
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result = main(argv)
     except KeyboardInterrupt:
