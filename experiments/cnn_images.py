@@ -4,18 +4,29 @@ Question: trained with the hand-written convolutional backward pass (δ through 
 layers, flatten, pooling and convolutions), does a small CNN learn both tasks, what do
 its first-layer filters look like, and does that gradient match jax.grad along the way?
 
-- digits: scikit-learn's 8x8 digits as images (m, 8, 8, 1), standardised per pixel:
-  Conv(64 filters 3x3) -> ReLU -> MaxPool 2 -> dense 128 -> ReLU -> softmax over 10.
+- digits: scikit-learn's 8x8 digits as images (m, 8, 8, 1), pixels scaled to [0, 1],
+  the training images with their copies shifted by one pixel up, down, left and right
+  (--shifts; 5 x 1,438 examples, the 359 test images as they are):
+  Conv(64 filters 3x3, same padding) -> ReLU -> MaxPool 2 -> dense 128 -> ReLU ->
+  softmax over 10; 30 epochs of plain SGD, batch 16, the step decaying from 0.02 to 0 on
+  a cosine (--lr-schedule), for each of three seeds (--seeds: each its own stratified
+  80/20 split, initialisation and shuffles).
 - patches: 64x64x3 patches of two photographs (china.jpg vs flower.jpg), split by
   spatial region: Conv(8 filters 4x4x3, stride 4, the notes' θ ∈ R^{4×4} on each
   channel) -> ReLU -> MaxPool 2 -> Conv(16, 3x3) -> ReLU -> MaxPool 2 -> softmax over 2.
 
-Expected: >= 98% test accuracy on the digits (359 test images, one error is 0.28%; the
-default seed's split is the hardest of the first few, where an MLP stays near 97.5%);
-about 99-100% on the patches against a majority baseline of 50%. Manual and autodiff
-gradients differ by ~1e-6 of each leaf's largest entry in float32 (~1e-15 in float64).
-The digit filters look like small edge and stroke detectors; the patch filters mostly
-pick up colour (the two photos differ in it).
+--layers (and --patch-layers) take any such stack, e.g.
+conv:32:3:1:same,pool:2,conv:64:3:1:same,pool:2,dense:128.
+
+Expected: 99.2% test accuracy on the digits, the mean of three seeds (98.9-99.4%; 359
+test images, one error is 0.28%), where a conv32-pool-conv64-pool-dense network trained
+by SGD with momentum for 30 epochs reaches 98.9%; without the shifted copies
+(--no-shifts) the same network reaches 98.1% (97.2-98.9%). About 99-100% on the patches
+against a majority baseline of 50%. Manual and autodiff gradients differ by ~1e-7 of
+each leaf's largest entry in float32 (~1e-15 in float64). The digit filters look like
+small edge and stroke detectors; the patch filters mostly pick up colour (the two
+photos differ in it). The convolutions run as im2col (patches and one matrix product,
+--conv-method), which trains faster inside lax.scan on the CPU than lax's convolution.
 """
 
 import argparse

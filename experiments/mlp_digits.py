@@ -6,19 +6,23 @@ to floating-point rounding. Do the two parameter trajectories stay together over
 whole training run, and how well does the network classify held-out digits?
 
 Expected: on scikit-learn's 8x8 digits (64-128-10, ReLU hidden layer, softmax output,
-softmax loss, He initialisation, plain SGD at a constant step) both runs reach the same
-test accuracy, about 98% on the mean of three seeds (each seed its own stratified 80/20
-split, initialisation and shuffles; scikit-learn's MLPClassifier(128) reaches 97.6% on
-such splits). In float64 the trajectories agree to ~1e-14 throughout. In
-float32 they start ~1e-7 apart after one epoch (rounding: the two gradients sum in
-different orders) and drift further as SGD at a large step amplifies it, to ~1e-4 after
-30 epochs, with the same losses and accuracies to the printed digits. With
-``--data PATH`` (a folder holding MNIST's IDX files, e.g. train-images-idx3-ubyte and
+softmax loss, He initialisation, 30 epochs of plain SGD at the constant step 0.5, batch
+32) both runs reach the same test accuracy, 98.1% on the mean of three seeds (97.5-98.6%;
+each seed its own stratified 80/20 split, initialisation and shuffles), where
+scikit-learn's MLPClassifier(128) reaches 97.6%. In float32 the default network's two
+trajectories come out identical: both gradients run the same operations in the same
+order. Other shapes differ by rounding (64-8-10 on 256 examples: 8e-7 after 100 epochs;
+64-32-32-10 in float64: 1.5e-13), with the same losses and accuracies to the printed
+digits. --sizes gives any stack of ReLU layers (e.g. 64,256,128,10). With ``--data
+PATH`` (a folder holding MNIST's IDX files, e.g. train-images-idx3-ubyte and
 t10k-images-idx3-ubyte, optionally .gz) the same experiment runs on MNIST, images
 flattened to 784 pixels in [0, 1]; a network of this size usually reaches about 98%
 there (if the loss diverges at the default step, pass a smaller --alpha, e.g. 0.1).
-"""
 
+A checkpoint is written after every epoch (--checkpoint-every); an interrupted run
+(Ctrl-C) or a killed one continues with --resume and the same options, and ends with
+the results.json of an uninterrupted run.
+"""
 
 import jax
 import numpy as np
