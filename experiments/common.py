@@ -966,9 +966,11 @@ def train_sources(run: Run, model, init, split, key, *, sources: Sequence[str], 
             bar.set_postfix(loss=f"{record['history'][sources[0]]['loss'][-1]:.4g}",
                             refresh=False)
             if every and ((e + 1) % every == 0 or e + 1 == epochs):
+                # results.json first: once the checkpoint exists, the history it holds is
+                # in results.json too (a run killed in between resumes from the older one)
+                run.save("running")
                 path = checkpoint.save(folder, checkpoint.TrainState(
                     params, (), key, e + 1, (e + 1) * steps, to_jsonable(record),
                     {"run": config}), keep=keep)
                 run.checkpoint = (path, f"after epoch {e + 1}")
-                run.save("running")
     return params

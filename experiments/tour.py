@@ -98,8 +98,7 @@ def main(argv=None) -> dict:
     if importlib.util.find_spec("experiments.report") is not None:
         # one page over every run under --runs-dir, these included
         print("\n=== report ===", flush=True)
-        importlib.import_module("experiments.report").main(
-            ["--runs-dir", args.runs_dir] + (["--no-progress"] if args.no_progress else []))
+        importlib.import_module("experiments.report").main(["--runs-dir", args.runs_dir])
     return {"folder": str(folder), "summary": {"rows": rows, "seconds": seconds,
                                                "total_seconds": total.seconds},
             "results": results}
