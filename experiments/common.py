@@ -881,7 +881,7 @@ def _restore(run: Run, folder: Path, params: dict, key, config: dict):
     if state.key is None or not np.array_equal(jax.random.key_data(state.key),
                                                jax.random.key_data(key)):
         raise UsageError(f"--resume: {restored.path} was written with another --seed")
-    print(f"resumed from {restored.path} at epoch {state.epoch + 1}", file=sys.stderr,
+    print(f"resumed from {restored.path}, after epoch {state.epoch}", file=sys.stderr,
           flush=True)
     run.checkpoint = (restored.path, f"after epoch {state.epoch}")
     return state.params, state.history, state.epoch
