@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import cifar10, cnn_images, common, mlp_digits, single_neuron, tour
+from experiments import cifar10, cnn_images, common, mlp_digits, notes_network, single_neuron, tour
 
 from .helpers import PNG_SIGNATURE, check_run, smoke, write_cifar_batches
 
@@ -245,3 +245,13 @@ def test_cifar10_runs_on_generated_batches(tmp_path):
     assert len(saved["history"]["manual"]["loss"]) == 4
     # each class has its own colour: after 4 epochs well above guessing (10%)
     assert summary["test_accuracy"] >= 0.25
+
+
+def test_notes_network_says_when_a_leaf_has_no_smooth_coordinate(tmp_path):
+    result = notes_network.main(smoke(tmp_path))
+    saved = check_run(result, "notes_network")
+    for row in saved["gradient_check"]:
+        kinks, checked = (int(n) for n in row["kinks"].split(" of "))
+        assert 0 <= kinks <= checked
+        assert (row["fd/autodiff"] == "none: all on a kink") == (kinks == checked)
+    assert result["summary"]["float32"]["max_manual_vs_autodiff"] < 1e-4
