@@ -241,24 +241,30 @@ def explain(config: dict, result: dict, batch: int) -> list[str]:
 
 
 def main(argv=None) -> dict:
-    p = common.parser("cost_of_manual_backprop", __doc__)
-    p.add_argument("--batch", type=int, default=128, help="examples per training step")
-    p.add_argument("--repeats", type=int, default=21, help="interleaved repeats per timing")
+    p = common.parser("cost_of_manual_backprop", __doc__, (
+        "step_time.png (median time per compiled training step, quartiles, each model)",))
+    p.add_argument("--batch", type=common.count(1), default=128,
+                   help="examples per training step")
+    p.add_argument("--repeats", type=common.count(1), default=21,
+                   help="interleaved repeats per timing (the median is reported)")
     args = p.parse_args(argv)
     common.setup(args)
     if args.smoke:
         args.batch, args.repeats = min(args.batch, 16), 3
     dtype = common.dtype_of(args)
-    folder = common.run_dir(args, "cost_of_manual_backprop")
+    run = common.Run(args, "cost_of_manual_backprop", argv)
+    folder = run.folder
     configs = models(args, dtype)
     results, lines = {}, []
     with jax.default_matmul_precision("highest"):
         for config in common.progress(configs, args, desc="models"):
+            run.stage = f"measuring {config['name']}"
             results[config["name"]] = measure(config, args, dtype)
+            run.results["results"] = results
             lines += explain(config, results[config["name"]], args.batch)
 
-    rows = [{"model": model, "gradient": name, "median µs": r["seconds"] * 1e6,
-             "compile s": r["compile_seconds"], "flops": r["flops"],
+    rows = [{"model": model, "gradient": name, "median step": r["seconds"],
+             "compile": r["compile_seconds"], "flops": r["flops"],
              "bytes accessed": r["bytes_accessed"], "transcendentals": r["transcendentals"],
              "HLO instr.": r["hlo"]["total"], "entry instr.": r["hlo"]["entry"]}
             for model, result in results.items() for name, r in result.items()]
@@ -273,7 +279,8 @@ def main(argv=None) -> dict:
             for name, r in result.items() if name != "autodiff"}
 
     plt = common.pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False,
+                             layout="constrained")
     for ax, (model, result) in zip(axes[0], results.items(), strict=True):
         names = list(result)
         medians = np.array([result[n]["seconds"] for n in names]) * 1e6
@@ -284,16 +291,16 @@ def main(argv=None) -> dict:
         ax.set(ylabel="median µs per step (bars: quartiles)", title=model)
     fig.suptitle(f"compiled training step, batch {args.batch}, {args.dtype}, "
                  f"{jax.default_backend()}")
-    fig.tight_layout()
     common.save_figure(fig, folder, "step_time.png")
-    common.save_results(folder, args, {"results": results, "rows": rows,
-                                       "explanation": lines, "summary": summary})
+    run.finish({"results": results, "rows": rows, "explanation": lines, "summary": summary})
 
-    print(common.table(rows))
+    print(common.table(rows, formats={"median step": "seconds", "compile": "seconds"}))
     print("\n".join(lines))
     print(f"results: {folder}")
     return {"folder": str(folder), "summary": summary}
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(common.run(main))

@@ -44,13 +44,16 @@ def gradient_checks() -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    p = common.parser("device_check", __doc__)
+    p = common.parser("device_check", __doc__, (
+        "mlp_digits/, cnn_images/, benchmark/ (those experiments' own run folders, inside "
+        "this run's folder)",))
     p.set_defaults(dtype="float64")
     args = p.parse_args(argv)
     common.setup(args)
     import jax
 
-    folder = common.run_dir(args, "device_check")
+    run = common.Run(args, "device_check", argv)
+    folder = run.folder
     env = common.environment()
     print(f"backend: {env['backend']}  devices: {env['devices']}  kind: {env['device_kind']}")
     results: dict = {"steps": {}}
@@ -59,17 +62,20 @@ def main(argv=None) -> dict:
         sub += ["--device", args.device]
 
     def step(name, fn):
+        run.stage = f"step {name}"
         start = time.perf_counter()
         try:
             out = fn()
             results["steps"][name] = {"ok": True, "seconds": time.perf_counter() - start,
                                       "result": out}
-        except BaseException as e:  # report and go on: one failing step must not hide others
+        except Exception as e:  # report and go on: one failing step must not hide others
             results["steps"][name] = {"ok": False, "seconds": time.perf_counter() - start,
                                       "error": f"{type(e).__name__}: {e}",
                                       "traceback": traceback.format_exc()}
+            common.close_runs(opened)
             print(f"{name}: FAILED {type(e).__name__}: {e}", file=sys.stderr)
 
+    opened = common.open_runs()
     step("gradient_check", gradient_checks)
     if results["steps"]["gradient_check"]["ok"]:
         print(common.table(results["steps"]["gradient_check"]["result"]))
@@ -84,7 +90,7 @@ def main(argv=None) -> dict:
     step("cnn_images", experiment("cnn_images", ["--epochs", "2"]))
     step("benchmark", experiment("benchmark", ["--quick"]))
     del jax
-    common.save_results(folder, args, results)
+    run.finish(results)
     print(common.table([{"step": k, "ok": v["ok"], "seconds": v["seconds"]}
                         for k, v in results["steps"].items()]))
     print(f"results: {folder}")
@@ -93,4 +99,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main()["failed"] else 0)
+    sys.exit(common.run(main, status=lambda result: 1 if result["failed"] else 0))

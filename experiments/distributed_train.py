@@ -39,32 +39,41 @@ from experiments import common
 
 
 def parse(argv):
-    p = common.parser("distributed_train", __doc__)
+    p = common.parser("distributed_train", __doc__, (
+        "checkpoints/checkpoint_<step>.npz (the training state after the last epoch and every "
+        "--checkpoint-every epochs; process 0 only)",))
     common.add_training_args(p, epochs=30, alpha=0.1, batch_size=64)
     p.set_defaults(source="manual")
     p.add_argument("--hidden-sizes", default="64,32",
                    help="comma-separated hidden layer widths")
-    p.add_argument("--hidden", choices=("relu", "tanh", "sigmoid"), default="relu")
+    p.add_argument("--hidden", choices=("relu", "tanh", "sigmoid"), default="relu",
+                   help="activation g of the hidden layers")
     p.add_argument("--compare", action="store_true",
                    help="also train on one device with sgd.train and report the difference")
-    p.add_argument("--checkpoint-every", type=int, default=0,
+    p.add_argument("--checkpoint-every", type=common.count(0), default=0,
                    help="epochs between checkpoints (0: only after the last epoch)")
     g = p.add_argument_group("many processes (default: one process, no coordinator)")
     g.add_argument("--coordinator", default=None,
                    help="HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS)")
-    g.add_argument("--num-processes", type=int, default=None,
+    g.add_argument("--num-processes", type=common.count(1), default=None,
                    help="number of processes (default: $JAX_NUM_PROCESSES)")
-    g.add_argument("--process-id", type=int, default=None,
+    g.add_argument("--process-id", type=common.count(0), default=None,
                    help="this process's id, 0 .. N-1 (default: $JAX_PROCESS_ID)")
-    g.add_argument("--cpu-devices", type=int, default=None,
+    g.add_argument("--cpu-devices", type=common.count(1), default=None,
                    help="virtual CPU devices per process (CPU backend only)")
-    g.add_argument("--init-timeout", type=int, default=120,
+    g.add_argument("--init-timeout", type=common.count(1), default=120,
                    help="seconds to wait for every process to join")
-    g.add_argument("--heartbeat-timeout", type=int, default=30,
+    g.add_argument("--heartbeat-timeout", type=common.count(1), default=30,
                    help="seconds of silence after which a process counts as dead")
     args = p.parse_args(argv)
     if args.source == "both":
         p.error("--source: choose manual or autodiff (one run per launch)")
+    try:
+        args.hidden_sizes = ",".join(str(int(n)) for n in args.hidden_sizes.split(",") if n)
+    except ValueError:
+        p.error(f"--hidden-sizes must be integers separated by commas, got {args.hidden_sizes!r}")
+    if any(int(n) < 1 for n in args.hidden_sizes.split(",") if n):
+        p.error(f"--hidden-sizes must be >= 1, got {args.hidden_sizes!r}")
     return args
 
 
@@ -88,10 +97,10 @@ def main(argv=None) -> dict:
                             initialization_timeout=args.init_timeout,
                             heartbeat_timeout_seconds=args.heartbeat_timeout)
     with parallel.exit_on_error():
-        return run(args)
+        return train(args, argv)
 
 
-def run(args) -> dict:
+def train(args, argv=None) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -111,7 +120,11 @@ def run(args) -> dict:
          "alpha": np.float64(args.alpha)}, "configuration or initial parameters")
     devices = None if args.device is None else jax.devices(args.device)
     mesh = parallel.make_mesh(devices)
-    folder = common.run_dir(args, "distributed_train") if main_process else None
+    if args.batch_size > len(split.y_train):
+        raise common.UsageError(f"--batch-size must be <= the {len(split.y_train)} training "
+                                f"examples, got {args.batch_size}")
+    run = common.Run(args, "distributed_train", argv) if main_process else None
+    folder = None if run is None else run.folder
 
     n_batches = split.X_train.shape[0] // args.batch_size
 
@@ -156,7 +169,7 @@ def run(args) -> dict:
             for a, b in zip(jax.tree.leaves(jax.device_get(params_1)),
                             jax.tree.leaves(jax.device_get(params_p)), strict=True))
     if main_process:
-        common.save_results(folder, args, {"summary": summary})
+        run.finish({"summary": summary})
         print(common.table([{k: v for k, v in summary.items()
                              if not isinstance(v, (list, dict))}]))
         print(f"results: {folder}")
@@ -164,4 +177,6 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(common.run(main))

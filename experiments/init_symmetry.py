@@ -178,17 +178,26 @@ def plots(sym: dict, deep: dict, args, folder) -> None:
 
 
 def main(argv=None) -> dict:
-    p = common.parser("init_symmetry", __doc__)
-    p.add_argument("--width", type=int, default=16, help="units per hidden layer, part 1")
-    p.add_argument("--epochs", type=int, default=20, help="training epochs, part 1")
+    p = common.parser("init_symmetry", __doc__, (
+        "symmetry.png (spread between hidden units and loss per epoch, part 1)",
+        "deep_init_statistics.png (activation spread and ||δ|| per layer at init, part 2)"))
+    p.add_argument("--width", type=common.count(1), default=16,
+                   help="units per hidden layer, part 1")
+    p.add_argument("--epochs", type=common.count(1), default=20, help="training epochs, part 1")
     p.add_argument("--constant", type=float, default=0.5,
                    help="the symmetric init: every weight c / sqrt(fan_in)")
-    p.add_argument("--depth", type=int, default=10, help="layers of the deep network, part 2")
-    p.add_argument("--deep-width", type=int, default=64)
-    p.add_argument("--deep-epochs", type=int, default=20)
-    p.add_argument("--alpha", "--lr", dest="alpha", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--stat-examples", type=int, default=512)
+    p.add_argument("--depth", type=common.count(2), default=10,
+                   help="layers of the deep network, part 2")
+    p.add_argument("--deep-width", type=common.count(1), default=64,
+                   help="units per hidden layer of the deep network, part 2")
+    p.add_argument("--deep-epochs", type=common.count(1), default=20,
+                   help="training epochs of the deep network, part 2")
+    p.add_argument("--alpha", "--lr", dest="alpha", type=common.positive, default=0.05,
+                   help="learning rate of the explicit SGD update, both parts")
+    p.add_argument("--batch-size", type=common.count(1), default=32,
+                   help="examples per SGD step, both parts")
+    p.add_argument("--stat-examples", type=common.count(1), default=512,
+                   help="training examples the part-2 statistics at init are computed over")
     args = p.parse_args(argv)
     common.setup(args)
     if args.smoke:
@@ -199,9 +208,15 @@ def main(argv=None) -> dict:
     split = data.digits(seed=args.seed, dtype=dtype)
     if args.smoke:
         split = split._replace(X_train=split.X_train[:256], y_train=split.y_train[:256])
-    folder = common.run_dir(args, "init_symmetry")
+    if args.batch_size > len(split.y_train):
+        p.error(f"--batch-size must be <= the {len(split.y_train)} training examples, "
+                f"got {args.batch_size}")
+    run = common.Run(args, "init_symmetry", argv)
+    folder = run.folder
+    run.stage = "part 1 (symmetric initialisations)"
     with common.Timer() as t1:
         sym = symmetry_part(args, split, dtype)
+    run.stage = "part 2 (deep network)"
     with common.Timer() as t2:
         deep = deep_part(args, split, dtype)
     plots(sym, deep, args, folder)
@@ -219,7 +234,7 @@ def main(argv=None) -> dict:
                  for k, r in deep.items()},
         "seconds": {"symmetry": t1.seconds, "deep": t2.seconds},
     }
-    common.save_results(folder, args, {"symmetry": sym, "deep": deep, "summary": summary})
+    run.finish({"symmetry": sym, "deep": deep, "summary": summary})
 
     print(f"Part 1: 64-{args.width}-{args.width}-10 on digits, {args.epochs} epochs "
           f"(alpha={args.alpha}), manual gradients")
@@ -228,7 +243,7 @@ def main(argv=None) -> dict:
          "units identical": r["identical_units_throughout"],
          "max unit difference": r["max_spread_during_training"],
          "||W^[1]||, ||W^[2]|| after": ", ".join(f"{v:.3g}" for v in r["hidden_W_norm_final"]),
-         "test acc": r["test_accuracy"]} for r in sym.values()]))
+         "test acc": r["test_accuracy"]} for r in sym.values()], formats={"test acc": "percent"}))
     print(f"\nPart 2: {args.depth}-layer network, width {args.deep_width}, statistics at "
           f"init over {min(args.stat_examples, len(split.y_train))} examples, test accuracy "
           f"after {args.deep_epochs} epochs")
@@ -238,10 +253,13 @@ def main(argv=None) -> dict:
          "factor per layer": layer_factor(r["a_std"]),
          "||δ^[1]||": float(r["delta_norm"][0]),
          f"||δ^[{args.depth}]||": float(r["delta_norm"][-1]),
-         "test acc": r["test_accuracy"], "diverged": r["diverged"]} for r in deep.values()]))
+         "test acc": r["test_accuracy"], "diverged": r["diverged"]} for r in deep.values()],
+        formats={"test acc": "percent"}))
     print(f"results: {folder}")
     return {"folder": str(folder), "summary": summary}
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(common.run(main))

@@ -129,15 +129,19 @@ def gradient_check(params, x, y) -> dict:
 
 def plot(folder, x_raw, y_raw, fits, scaling, history):
     plt = common.pyplot()
-    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     ax.scatter(x_raw, y_raw, s=10, alpha=0.6, label="houses")
     grid = np.linspace(float(x_raw.min()), float(x_raw.max()), 400)
-    ax.plot(grid, np.maximum(0.2 * (grid - 800.0), 0), "k--", lw=1, label="generating relation")
+    ax.plot(grid, np.maximum(0.2 * (grid - 800.0), 0), "k--", lw=1,
+            label="generating relation: 200 \\$/sqft above 800 sqft")
+    styles = {"manual": dict(lw=3.5, alpha=0.5), "autodiff": dict(lw=1.5, ls="--")}
     for source, p in fits.items():
         a_raw, b_raw = scaling.to_raw(float(p["a"]), float(p["b"]))
-        ax.plot(grid, np.maximum(a_raw * grid + b_raw, 0), lw=2,
-                label=f"{source}: max({1000 * a_raw:.0f} $/sqft · x − {-b_raw:.0f}k$, 0)")
-    ax.set(xlabel="size (square feet)", ylabel="price (thousand $)", title="f(x) = max(ax + b, 0)")
+        ax.plot(grid, np.maximum(a_raw * grid + b_raw, 0), **styles[source],
+                label=f"{source}: max({1000 * a_raw:.0f} \\$/sqft · x − "
+                      f"{-b_raw:.0f} thousand \\$, 0)")
+    ax.set(xlabel="size (square feet)", ylabel="price (thousand \\$)",
+           title="f(x) = max(ax + b, 0)")
     ax.legend(fontsize=8)
     for source, losses in history.items():
         ax_loss.semilogy(np.arange(1, len(losses) + 1), losses, label=source)
@@ -146,16 +150,30 @@ def plot(folder, x_raw, y_raw, fits, scaling, history):
     return common.save_figure(fig, folder, "fit.png")
 
 
+def finite(text: str) -> float:
+    """An argparse ``type``: a finite number."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def main(argv=None) -> dict:
-    p = common.parser("single_neuron", __doc__)
+    p = common.parser("single_neuron", __doc__, (
+        "fit.png (the houses, the fitted neurons and the loss per epoch)",))
     common.add_training_args(p, epochs=100, alpha=0.2, batch_size=10)
-    p.add_argument("--examples", type=int, default=200, help="number of houses m")
-    p.add_argument("--noise", type=float, default=25.0,
+    p.add_argument("--examples", type=common.count(1), default=200, help="number of houses m")
+    p.add_argument("--noise", type=finite, default=25.0,
                    help="noise of the prices, thousand dollars")
-    p.add_argument("--a0", type=float, default=1.0, help="initial a (scaled units)")
-    p.add_argument("--b0", type=float, default=0.1, help="initial b (scaled units)")
+    p.add_argument("--a0", type=finite, default=1.0, help="initial a (scaled units)")
+    p.add_argument("--b0", type=finite, default=0.1, help="initial b (scaled units)")
     args = p.parse_args(argv)
-    common.check_training_args(p, args)
     if not 1 <= args.batch_size <= args.examples:
         p.error(f"--batch-size must be in [1, --examples={args.examples}], got {args.batch_size}")
     common.setup(args)
@@ -164,7 +182,8 @@ def main(argv=None) -> dict:
         args.batch_size = min(args.batch_size, args.examples)
     from jaxnn import data
 
-    folder = common.run_dir(args, "single_neuron")
+    if args.noise < 0:
+        p.error(f"--noise must be >= 0, got {args.noise}")
     dtype = common.dtype_of(args)
     key_data, key_train = jax.random.split(jax.random.key(args.seed))
     x_raw, y_raw = data.house_prices(key_data, args.examples, noise=args.noise, dtype=dtype)
@@ -172,14 +191,18 @@ def main(argv=None) -> dict:
     x, y = (v[:, 0] for v in scaling.transform(x_raw, y_raw))
     init = {"a": jnp.asarray(args.a0, dtype), "b": jnp.asarray(args.b0, dtype)}
     if not bool(jnp.any(kink_pattern(init, x))):
-        raise SystemExit(f"a0={args.a0}, b0={args.b0}: a x + b <= 0 on every house, "
-                         "the neuron is dead from the start and would never learn")
+        raise common.UsageError(f"--a0 {args.a0} --b0 {args.b0}: a x + b <= 0 on every house, "
+                                "the neuron is dead from the start and would never learn")
+    run = common.Run(args, "single_neuron", argv)
+    folder = run.folder
 
     sources = ["manual", "autodiff"] if args.source == "both" else [args.source]
     fits, history, seconds, checks = {}, {}, {}, {"init": gradient_check(init, x, y)}
     for source in sources:
+        run.stage = f"single neuron ({source} gradient)"
         fits[source], history[source], seconds[source] = fit(
             init, x, y, key_train, args, source, desc=f"single neuron ({source})")
+        run.results["history"] = {"loss": history}
         checks[f"trained ({source})"] = gradient_check(fits[source], x, y)
 
     summary = {}
@@ -200,32 +223,52 @@ def main(argv=None) -> dict:
     summary["b"] = summary[main_source]["b_thousand_dollars"]
     summary["final_loss"] = summary[main_source]["final_loss"]
     summary["max_manual_vs_autodiff"] = max(c["manual_vs_autodiff"] for c in checks.values())
-    summary["max_fd_vs_autodiff"] = max(c["fd_vs_autodiff"] for c in checks.values())
+    smooth = [c["fd_vs_autodiff"] for c in checks.values() if not np.isnan(c["fd_vs_autodiff"])]
+    summary["max_fd_vs_autodiff"] = max(smooth) if smooth else float("nan")
     if len(fits) == 2:
         summary["trajectory_difference"] = common.tree_difference(fits["manual"],
                                                                   fits["autodiff"])
 
     plot(folder, np.asarray(x_raw[:, 0]), np.asarray(y_raw[:, 0]), fits, scaling, history)
-    common.save_results(folder, args, {
+    run.finish({
         "scaling": scaling._asdict(), "true": {"a": 0.2, "b": -160.0},
         "history": {"loss": history}, "gradient_check": checks, "summary": summary})
 
     print(f"single neuron f(x) = max(ax + b, 0) on {args.examples} houses, {args.epochs} "
           f"epochs of SGD, alpha={args.alpha}, batch {args.batch_size}, {args.dtype}")
-    print(common.table([{"source": s, "a ($/sqft)": summary[s]["dollars_per_sqft"],
-                         "b (k$)": summary[s]["b_thousand_dollars"],
+    print(common.table([{"source": s, "a ($ per sqft)": summary[s]["dollars_per_sqft"],
+                         "b (thousand $)": summary[s]["b_thousand_dollars"],
                          "zero at (sqft)": summary[s]["zero_crossing_sqft"],
                          "loss": summary[s]["final_loss"],
-                         "rmse (k$)": summary[s]["rmse_thousand_dollars"],
+                         "rmse (thousand $)": summary[s]["rmse_thousand_dollars"],
                          "seconds": summary[s]["train_seconds"]} for s in fits]
-                       + [{"source": "true", "a ($/sqft)": 200.0, "b (k$)": -160.0,
+                       + [{"source": "true", "a ($ per sqft)": 200.0, "b (thousand $)": -160.0,
                            "zero at (sqft)": 800.0}]))
     print(common.table([{"point": k, "manual/autodiff": c["manual_vs_autodiff"],
-                         "fd/autodiff": c["fd_vs_autodiff"], "kinks": c["kinks"]}
+                         "fd/autodiff": fd_cell(c), "kinks": f"{c['kinks']} of 2"}
                         for k, c in checks.items()]))
+    if any(c["kinks"] for c in checks.values()):
+        print("fd/autodiff leaves out the coordinates whose finite-difference step moves a house "
+              "across the kink a x + b = 0 (there the quotient is no derivative); kinks: how "
+              f"many of a and b that was, with h = {gradcheck_step(x.dtype):g}")
     print(f"results: {folder}")
     return {"folder": str(folder), "summary": summary}
 
 
+def gradcheck_step(dtype) -> float:
+    from jaxnn import gradcheck
+
+    return float(gradcheck.default_step(dtype))
+
+
+def fd_cell(check: dict):
+    """The fd/autodiff cell: the error, or why there is none."""
+    if np.isnan(check["fd_vs_autodiff"]) and check["kinks"] == 2:
+        return "none: a and b both on a kink"
+    return check["fd_vs_autodiff"]
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(common.run(main))

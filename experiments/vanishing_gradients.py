@@ -89,16 +89,21 @@ def train_and_track(model, params, data, args, record_epochs, desc):
 
 
 def main(argv=None) -> dict:
-    p = common.parser("vanishing_gradients", __doc__)
-    p.add_argument("--depth", type=int, default=10, help="number of layers N (N - 1 hidden)")
-    p.add_argument("--width", type=int, default=64, help="units per hidden layer")
+    p = common.parser("vanishing_gradients", __doc__, (
+        "delta_norm_per_layer.png (||δ^[l]|| per layer at several epochs, each activation)",
+        "ratio_first_last.png (||δ^[1]|| / ||δ^[N]|| per epoch)"))
+    p.add_argument("--depth", type=common.count(2), default=10,
+                   help="number of layers N (N - 1 hidden)")
+    p.add_argument("--width", type=common.count(1), default=64, help="units per hidden layer")
     p.add_argument("--init", default="auto",
                    choices=("auto", "normal", "xavier_normal", "xavier_uniform", "he"),
                    help="auto: Xavier for sigmoid and tanh, He for ReLU")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--alpha", "--lr", dest="alpha", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--stat-examples", type=int, default=512,
+    p.add_argument("--epochs", type=common.count(1), default=30, help="training epochs")
+    p.add_argument("--alpha", "--lr", dest="alpha", type=common.positive, default=0.05,
+                   help="learning rate of the explicit SGD update")
+    p.add_argument("--batch-size", type=common.count(1), default=32,
+                   help="examples per SGD step")
+    p.add_argument("--stat-examples", type=common.count(1), default=512,
                    help="training examples the layer statistics are averaged over")
     args = p.parse_args(argv)
     common.setup(args)
@@ -119,13 +124,18 @@ def main(argv=None) -> dict:
     record_epochs = sorted({e for e in (1, 2, 5, 10, 20, 50, 100) if e < args.epochs}
                            | {args.epochs})
     sizes = (X.shape[1],) + (args.width,) * (args.depth - 1) + (10,)
-    folder = common.run_dir(args, "vanishing_gradients")
+    if args.batch_size > X.shape[0]:
+        p.error(f"--batch-size must be <= the {X.shape[0]} training examples, "
+                f"got {args.batch_size}")
+    run = common.Run(args, "vanishing_gradients", argv)
+    folder = run.folder
 
     results, summary = {}, {}
     for hidden in ACTIVATIONS:
         init = AUTO_INIT[hidden] if args.init == "auto" else args.init
         model = DenseNetwork(sizes, hidden, "softmax", "softmax")
         params = model.init(jax.random.key(args.seed), init, dtype)
+        run.stage = f"training the {hidden} network"
         with common.Timer() as t:
             params, history, track = train_and_track(model, params, stat_data, args,
                                                      record_epochs, f"{hidden} ({init})")
@@ -145,7 +155,7 @@ def main(argv=None) -> dict:
 
     plt = common.pyplot()
     fig, axes = plt.subplots(1, len(ACTIVATIONS), figsize=(4.2 * len(ACTIVATIONS), 3.8),
-                             sharey=True)
+                             sharey=True, layout="constrained")
     layers = np.arange(1, args.depth + 1)
     for ax, hidden in zip(axes, ACTIVATIONS, strict=True):
         track = results[hidden]["track"]
@@ -157,10 +167,9 @@ def main(argv=None) -> dict:
     axes[0].set_ylabel("||δ^[l]|| (RMS over examples)")
     axes[-1].legend(fontsize=7)
     fig.suptitle(f"δ^[l] by the δ recursion, {args.depth}-layer network on digits")
-    fig.tight_layout()
     common.save_figure(fig, folder, "delta_norm_per_layer.png")
 
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
     for hidden in ACTIVATIONS:
         track = results[hidden]["track"]
         epochs = sorted(track)
@@ -171,7 +180,7 @@ def main(argv=None) -> dict:
     ax.legend()
     common.save_figure(fig, folder, "ratio_first_last.png")
 
-    common.save_results(folder, args, {"results": results, "summary": summary})
+    run.finish({"results": results, "summary": summary})
     print(f"{args.depth}-layer networks (width {args.width}) on digits, {args.epochs} epochs of "
           f"SGD (alpha={args.alpha}, batch {args.batch_size}), manual gradients")
     rows = []
@@ -184,10 +193,12 @@ def main(argv=None) -> dict:
         row["δ1/δN trained"] = s["ratio_first_to_last_trained"]
         row["test acc"] = s["test_accuracy"]
         rows.append(row)
-    print(common.table(rows))
+    print(common.table(rows, formats={"test acc": "percent"}))
     print(f"results: {folder}")
     return {"folder": str(folder), "summary": summary}
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(common.run(main))

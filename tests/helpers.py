@@ -67,3 +67,24 @@ def check_run(result: dict, name: str, pngs: int = 1) -> dict:
     for image in images:
         assert image.read_bytes()[:8] == PNG_SIGNATURE
     return saved
+
+
+def write_cifar_batches(folder: Path, per_batch: int = 40, seed: int = 0) -> Path:
+    """Small CIFAR-10 python batches (data_batch_1 .. 5, test_batch) in folder, as the real
+    ones are laid out (a pickled dict of b"data", uint8 (n, 3072) red-green-blue planes,
+    and b"labels"); each class has its own colour plus noise, so it can be learned."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(30, 226, (10, 3))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, per_batch)
+        images = colours[labels][:, :, None, None] + rng.normal(0, 20, (per_batch, 3, 32, 32))
+        data = np.clip(images, 0, 255).astype(np.uint8).reshape(per_batch, 3072)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"labels": [int(v) for v in labels],
+                         b"data": data}, f, protocol=2)
+    return folder
