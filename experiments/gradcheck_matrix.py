@@ -751,4 +751,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main()["failures"] else 0)
+    sys.exit(common.run(main, status=lambda result: 1 if result["failures"] else 0))

@@ -27,6 +27,7 @@ default, below 1/n). The three runs use the same sampling and differ only in C a
 """
 
 import math
+import sys
 from functools import partial
 
 import jax
@@ -382,4 +383,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(common.run(main))

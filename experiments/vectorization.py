@@ -29,6 +29,7 @@ Timing: medians of interleaved repeats in one process (``common.time_interleaved
 after a warm-up call; compilation measured separately with ``lower().compile()``.
 """
 
+import sys
 from functools import partial
 
 import jax
@@ -245,4 +246,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(common.run(main))

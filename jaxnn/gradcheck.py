@@ -38,7 +38,11 @@ def max_abs(x: ArrayLike) -> jax.Array:
     The NaN is looked for apart: XLA's CPU backend drops NaN from a max over more than a
     few thousand numbers.
     """
-    x = jnp.asarray(x)
+    return _max_abs(jnp.asarray(x))
+
+
+@jax.jit  # one compiled program per shape, not one per operation
+def _max_abs(x):
     return jnp.where(jnp.any(jnp.isnan(x)), jnp.inf, jnp.max(jnp.abs(x), initial=0.0))
 
 
@@ -52,6 +56,11 @@ def relative_error(a: ArrayLike, b: ArrayLike, floor: float | None = None) -> ja
         raise ValueError(f"cannot compare shapes {a.shape} and {b.shape}")
     if floor is None:
         floor = float(jnp.finfo(jnp.result_type(a, b)).tiny)
+    return _relative_error(a, b, floor)
+
+
+@jax.jit
+def _relative_error(a, b, floor):
     scale = jnp.maximum(jnp.maximum(jnp.abs(a), jnp.abs(b)), floor)
     return jnp.where(a == b, 0.0, jnp.abs(a - b) / scale)
 
