@@ -5,9 +5,10 @@ well does a network of the notes' kind (convolutions, ReLU, max pooling, dense l
 softmax) classify 32x32 colour photographs of ten classes, and does its gradient match
 jax.grad there too?
 
-Point --data at the extracted ``cifar-10-batches-py`` folder (or the folder holding it):
-``data_batch_1`` .. ``data_batch_5`` and ``test_batch``, read with
-``jaxnn.data.load_cifar10`` (a restricted unpickler: nothing in the files runs as code).
+Point --data at the extracted ``cifar-10-batches-bin`` folder (recommended: the binary
+batches are read with no pickle at all) or ``cifar-10-batches-py`` (``data_batch_1`` ..
+``data_batch_5`` and ``test_batch``, read by a restricted unpickler), or the folder
+holding it, through ``jaxnn.data.load_cifar10``.
 Nothing is downloaded. Images are standardised per colour channel with the training
 mean and standard deviation. The network (--layers, as in cnn_images):
 Conv(32, 3x3, same) -> ReLU -> MaxPool 2 -> Conv(64, 3x3, same) -> ReLU -> MaxPool 2 ->
@@ -40,8 +41,8 @@ def load(args):
 
     if args.data is None:
         raise common.UsageError(
-            "--data PATH is needed: the folder of CIFAR-10's python batches (data_batch_1 .. "
-            "data_batch_5, test_batch), e.g. cifar-10-batches-py; nothing is downloaded")
+            "--data PATH is needed: the folder of CIFAR-10's batches, cifar-10-batches-bin "
+            "or cifar-10-batches-py; nothing is downloaded")
     try:
         X_train, y_train = data.load_cifar10(args.data, "train")
         X_test, y_test = data.load_cifar10(args.data, "test")
@@ -91,8 +92,8 @@ def main(argv=None) -> dict:
     common.add_checkpoint_args(p)
     p.set_defaults(source="manual")
     p.add_argument("--data", default=None, metavar="PATH",
-                   help="the cifar-10-batches-py folder (or its parent) holding data_batch_1 "
-                        ".. data_batch_5 and test_batch; required")
+                   help="the cifar-10-batches-bin or cifar-10-batches-py folder (or its "
+                        "parent); required")
     p.add_argument("--layers", default=LAYERS, metavar="SPEC",
                    help=f"the network's layers, {cnn_images.LAYER_HELP}")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",

@@ -69,10 +69,13 @@ def check_run(result: dict, name: str, pngs: int = 1) -> dict:
     return saved
 
 
-def write_cifar_batches(folder: Path, per_batch: int = 40, seed: int = 0) -> Path:
+def write_cifar_batches(folder: Path, per_batch: int = 40, seed: int = 0,
+                        binary: bool = False) -> Path:
     """Small CIFAR-10 python batches (data_batch_1 .. 5, test_batch) in folder, as the real
     ones are laid out (a pickled dict of b"data", uint8 (n, 3072) red-green-blue planes,
-    and b"labels"); each class has its own colour plus noise, so it can be learned."""
+    and b"labels"); each class has its own colour plus noise, so it can be learned. With
+    binary=True the same images as the binary batches (data_batch_1.bin, ...: a label
+    byte and 3072 pixel bytes per record)."""
     import pickle
 
     import numpy as np
@@ -84,6 +87,10 @@ def write_cifar_batches(folder: Path, per_batch: int = 40, seed: int = 0) -> Pat
         labels = rng.integers(0, 10, per_batch)
         images = colours[labels][:, :, None, None] + rng.normal(0, 20, (per_batch, 3, 32, 32))
         data = np.clip(images, 0, 255).astype(np.uint8).reshape(per_batch, 3072)
+        if binary:
+            records = np.concatenate([labels.astype(np.uint8)[:, None], data], axis=1)
+            (folder / f"{name}.bin").write_bytes(records.tobytes())
+            continue
         with open(folder / name, "wb") as f:
             pickle.dump({b"batch_label": name.encode(), b"labels": [int(v) for v in labels],
                          b"data": data}, f, protocol=2)

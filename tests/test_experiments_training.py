@@ -229,8 +229,10 @@ def test_cnn_feature_maps_say_how_many_are_shown_with_colour_bars(tmp_path, monk
     assert result["summary"]["digits_parameters"] == 3 * 3 * 12 + 12 + 108 * 8 + 8 + 8 * 10 + 10
 
 
-def test_cifar10_runs_on_generated_batches(tmp_path):
-    data = write_cifar_batches(tmp_path / "data" / "cifar-10-batches-py", per_batch=24)
+@pytest.mark.parametrize("binary", [False, True])
+def test_cifar10_runs_on_generated_batches(tmp_path, binary):
+    folder = "cifar-10-batches-bin" if binary else "cifar-10-batches-py"
+    data = write_cifar_batches(tmp_path / "data" / folder, per_batch=24, binary=binary)
     result = cifar10.main(["--runs-dir", str(tmp_path / "runs"), "--no-progress", "--data",
                            str(data.parent), "--epochs", "4", "--batch-size", "8",
                            "--source", "both", "--layers", "conv:6:3,pool:4,dense:16",
