@@ -131,10 +131,3 @@ def labels(Y, k: int, what: str = "labels") -> None:
     if values.size and (values.min() < 0 or values.max() >= k):
         raise ValueError(f"{what} must lie in [0, {k}), got values in "
                          f"[{values.min()}, {values.max()}]")
-
-
-def same_structure(tree, reference, what: str) -> None:
-    """Raise ValueError unless ``tree`` has ``reference``'s pytree structure."""
-    if jax.tree.structure(tree) != jax.tree.structure(reference):
-        raise ValueError(f"{what} must have the structure {jax.tree.structure(reference)}, "
-                         f"got {jax.tree.structure(tree)}")

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxnn import activations
+from jaxnn import activations, checks
 
 # --- checks shared by the per-example functions ------------------------------------------
 # They look at shapes and dtypes only, which are static under jit and vmap, so they cost
@@ -357,14 +357,7 @@ def check_targets(loss: str, y_hat_shape: tuple, Y, dtype=None) -> None:
             )
         if not jnp.issubdtype(target_dtype, jnp.integer):
             raise TypeError(f"loss {loss!r} expects integer labels, got dtype {target_dtype}")
-        if not isinstance(Y, jax.core.Tracer):
-            k = y_hat_shape[-1]
-            values = np.asarray(Y)
-            if values.size and (values.min() < 0 or values.max() >= k):
-                raise ValueError(
-                    f"labels must lie in [0, {k}), got values in "
-                    f"[{values.min()}, {values.max()}]"
-                )
+        checks.labels(Y, y_hat_shape[-1])
     else:
         if shape != tuple(y_hat_shape):
             raise ValueError(

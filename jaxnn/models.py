@@ -109,8 +109,7 @@ class DenseNetwork(Batched):
         if self.grad_form == "matrix":
             return backprop.grad_matrix(params, X, Y, self.hidden, self.output, self.loss_name)
         if self.grad_form == "vmap":
-            loss, grads = self.network.manual_grad(self.to_layers(params), X, Y)
-            return loss, self.from_layers(grads)
+            return _Methods.batch_grad(self, params, X, Y)
         return super().batch_grad(params, X, Y)
 
     @property
@@ -212,11 +211,16 @@ class CNN(Batched):
 
     def feature_shapes(self) -> list[tuple[int, int, int]]:
         """(H, W, C) after each feature layer, starting with the input; validates the specs."""
+        return list(self._feature_shapes)
+
+    @functools.cached_property
+    def _feature_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        # shape inference once per network: check() reads it on every eager call
         shapes = [self.input_shape]
         for spec in self.layers:
-            shapes.append(spec.init(jax.random.key(0), shapes[-1])[0] if spec.kind != "conv"
-                          else spec.geometry(shapes[-1])[1] + (spec.filters,))
-        return shapes
+            out = spec.geometry(shapes[-1])[1] if spec.kind == "conv" else spec.output(shapes[-1])
+            shapes.append(out + ((spec.filters,) if spec.kind == "conv" else (shapes[-1][2],)))
+        return tuple(shapes)
 
     @property
     def sizes(self) -> tuple[int, ...]:

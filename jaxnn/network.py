@@ -146,8 +146,7 @@ class Model:
     def reference_grad(self, params, X: ArrayLike, Y: ArrayLike):
         """``manual_grad`` as the notes write it: per example, ``jax.vmap``, a mean."""
         self.check(params, X, Y)
-        loss, grads = self.network.manual_grad(self.to_layers(params), X, Y)
-        return loss, self.from_layers(grads)
+        return Model.batch_grad(self, params, X, Y)
 
     def per_example_grads(self, params, X: ArrayLike, Y: ArrayLike, source: str = "manual"):
         """(L^(i) of shape (m,), ∂L^(i)/∂params with a leading axis m) for every example.
