@@ -45,7 +45,6 @@ import datetime
 import hashlib
 import json
 import math
-import numbers
 import os
 import re
 import tempfile
@@ -59,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn import sgd
+from jaxnn import checks, sgd
 from jaxnn.files import BadFileError, open_regular
 
 __all__ = [
@@ -162,18 +161,9 @@ class NoValidCheckpointError(CheckpointError):
 # --- names -------------------------------------------------------------------------------
 
 
-def _check_int(value, what: str, low: int = 0, high: int | None = None) -> int:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{what} must be an int {bound}, got {value}")
-    return int(value)
-
-
 def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
     """folder/checkpoint_<step, 12 digits>.npz; the name depends on the step alone."""
-    step = _check_int(step, "step", 0, _MAX_STEP)
+    step = checks.integer(step, "step", 0, _MAX_STEP)
     return Path(folder) / f"checkpoint_{step:012d}.npz"
 
 
@@ -315,9 +305,9 @@ def save(folder: str | os.PathLike, state: TrainState, *, keep: int | None = 3,
     if not isinstance(state, TrainState):
         raise TypeError(f"state must be a checkpoint.TrainState, got {type(state).__name__}")
     if keep is not None:
-        keep = _check_int(keep, "keep", 1)
+        keep = checks.integer(keep, "keep", 1)
     path = checkpoint_path(folder, state.step)
-    epoch = _check_int(state.epoch, "epoch")
+    epoch = checks.integer(state.epoch, "epoch")
     entries: list[tuple[str, np.ndarray]] = []
     leaves: list[dict] = []
 
@@ -731,7 +721,7 @@ class Checkpoints:
                  resume: bool = True, config: dict | None = None,
                  log: Callable[[str], Any] | None = None):
         self.folder = Path(folder)
-        self.every = _check_int(every, "every", 1)
+        self.every = checks.integer(every, "every", 1)
         self.keep, self.resume = keep, resume
         self.extra = _to_json(config if config is not None else {}, "config")
         self.log = log if log is not None else (lambda message: None)

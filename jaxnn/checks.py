@@ -24,15 +24,17 @@ def is_int(value) -> bool:
 
 def integer(value, what: str, low: int | None = None, high: int | None = None,
             high_name: str | None = None) -> int:
-    """``value`` as an int in [low, high] (either bound optional), else ValueError.
+    """``value`` as an int in [low, high] (either bound optional).
 
-    ``high_name`` names the upper bound in the message (e.g. "m=8").
+    TypeError for anything but an int (a bool, a float, a string), ValueError for an int
+    outside the bounds; ``high_name`` names the upper bound in the message (e.g. "m=8").
     """
+    if not is_int(value):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}")
     top = high if high_name is None else high_name
     bounds = (f" >= {low}" if high is None else f" in [{low}, {top}]") if low is not None \
         else ("" if high is None else f" <= {top}")
-    if not is_int(value) or (low is not None and value < low) or \
-            (high is not None and value > high):
+    if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{what} must be an int{bounds}, got {value!r}")
     return int(value)
 
@@ -109,12 +111,16 @@ def params_like(params, expected, what: str = "params") -> np.dtype:
     return dtypes.pop() if dtypes else None
 
 
-def inputs(X, example_shape: tuple[int, ...], dtype, what: str = "input") -> None:
-    """Raise unless X is a batch (m, *example_shape) in the parameters' ``dtype``."""
-    expected = "(m, " + ", ".join(map(str, example_shape)) + ")"
+def inputs(X, example_shape: tuple[int, ...], dtype, what: str = "input",
+           batch: bool = True) -> None:
+    """Raise unless X is a batch (m, *example_shape) (one example with batch=False) in the
+    parameters' ``dtype``."""
+    shape = (("m",) if batch else ()) + tuple(example_shape)
+    expected = "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
     array(X, what, expected)
-    if np.ndim(X) != len(example_shape) + 1 or tuple(np.shape(X)[1:]) != example_shape:
-        raise ValueError(f"expected {what} of shape {expected}, got shape {tuple(np.shape(X))}")
+    got = tuple(np.shape(X))
+    if len(got) != len(shape) or got[len(shape) - len(example_shape):] != tuple(example_shape):
+        raise ValueError(f"expected {what} of shape {expected}, got shape {got}")
     x_dtype = jnp.result_type(X)
     if not jnp.issubdtype(x_dtype, jnp.floating):
         raise TypeError(f"{what} must be floating ({dtype}, as the parameters), got {x_dtype}")

@@ -26,7 +26,6 @@ Arrays are returned as numpy arrays on the host (images NHWC, labels int32);
 from __future__ import annotations
 
 import math
-import operator
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnn import checks
 from jaxnn.files import MAX_GZIP_RATIO, BadFileError, gunzip, open_regular, read_exactly
 from jaxnn.safe_pickle import check_array, safe_load
 from jaxnn.sgd import batch_indices
@@ -73,17 +73,6 @@ class Split(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _check_int(value: Any, what: str) -> int:
-    if isinstance(value, bool | np.bool_):
-        raise TypeError(f"{what} must be an integer, got bool {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"{what} must be an integer, got {type(value).__name__} {value!r}"
-        ) from None
 
 
 def _check_fraction(value: Any, what: str) -> float:
@@ -174,7 +163,7 @@ def stratified_indices(
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"y must be a 1-D integer array, got dtype {y.dtype} shape {y.shape}")
     test_fraction = _check_fraction(test_fraction, "test_fraction")
-    rng = np.random.default_rng(_check_int(seed, "seed"))
+    rng = np.random.default_rng(checks.integer(seed, "seed"))
     train, test = [], []
     for c in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == c))
@@ -219,9 +208,7 @@ def house_prices(
       ``(x, y)``: JAX arrays of shape (m, 1) and dtype ``dtype``; ``y >= 0``.
     """
     key = _as_key(key_or_seed)
-    m = _check_int(m, "m")
-    if m < 1:
-        raise ValueError(f"m must be >= 1, got {m}")
+    m = checks.integer(m, "m", 1)
     low, high = sqft_range
     if not low < high:
         raise ValueError(f"sqft_range must be (low, high) with low < high, got {sqft_range}")
@@ -375,13 +362,11 @@ def color_patch_layout(
       ``PatchLayout`` of int64 arrays (``test`` bool), ordered by photograph, cell,
       row, column.
     """
-    patch = _check_int(patch, "patch")
-    stride = _check_int(stride, "stride")
-    cell = 2 * patch if cell is None else _check_int(cell, "cell")
+    patch = checks.integer(patch, "patch", 1)
+    stride = checks.integer(stride, "stride", 1)
+    cell = 2 * patch if cell is None else checks.integer(cell, "cell")
     test_fraction = _check_fraction(test_fraction, "test_fraction")
     height, width = image_shape
-    if patch < 1 or stride < 1:
-        raise ValueError(f"patch and stride must be >= 1, got patch={patch}, stride={stride}")
     if cell < patch:
         raise ValueError(f"cell must be >= patch ({patch}), got {cell}")
     rows, cols = height // cell, width // cell
@@ -393,7 +378,7 @@ def color_patch_layout(
             f"{height}x{width} photograph gives {n_test} test cells; need between 1 and "
             f"{n_cells - 1}"
         )
-    rng = np.random.default_rng(_check_int(seed, "seed"))
+    rng = np.random.default_rng(checks.integer(seed, "seed"))
     offsets = np.arange(0, cell - patch + 1, stride)
     d_top, d_left = (a.ravel() for a in np.meshgrid(offsets, offsets, indexing="ij"))
     columns = {name: [] for name in PatchLayout._fields}
@@ -819,12 +804,8 @@ def minibatches(key: jax.Array, m: int, batch_size: int) -> jax.Array:
     Returns:
       Integer JAX array of shape (m // batch_size, batch_size); no index repeats.
     """
-    m = _check_int(m, "m")
-    batch_size = _check_int(batch_size, "batch_size")
-    if m < 1:
-        raise ValueError(f"m must be >= 1, got {m}")
-    if not 1 <= batch_size <= m:
-        raise ValueError(f"batch_size must be in [1, m={m}], got {batch_size}")
+    m = checks.integer(m, "m", 1)
+    batch_size = checks.integer(batch_size, "batch_size", 1, m, f"m={m}")
     return batch_indices(key, m, batch_size)  # the same cut that sgd.train uses
 
 

@@ -59,19 +59,10 @@ def init(
 
 def check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     """Layer sizes as a tuple of at least two positive ints (numpy ints too), else ValueError."""
-    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence | np.ndarray):
-        raise ValueError(
-            f"sizes must be a sequence of positive ints (n_0, ..., n_N), got {sizes!r}"
-        )
-    sizes = tuple(sizes)
-    if len(sizes) < 2 or not all(
-        isinstance(n, int | np.integer) and not isinstance(n, bool | np.bool_) and n > 0
-        for n in sizes
-    ):
-        raise ValueError(
-            f"sizes must be at least two positive ints (n_0, ..., n_N), got {sizes}"
-        )
-    return tuple(int(n) for n in sizes)
+    sizes = checks.shape(sizes, "sizes (n_0, ..., n_N)")
+    if len(sizes) < 2:
+        raise ValueError(f"sizes must be at least two positive ints (n_0, ..., n_N), got {sizes}")
+    return sizes
 
 
 def check_names(hidden: str, output: str) -> None:
@@ -86,63 +77,30 @@ def check_names(hidden: str, output: str) -> None:
         )
 
 
-def check_params(params: Params, n_0: int | None = None) -> None:
+def check_params(params: Params):
     """Raise ValueError/TypeError unless params is a consistent dense network.
 
-    Checks that each layer is {"W": (n_l, n_{l-1}), "b": (n_l,)}, that consecutive
-    layers fit together, that every leaf has one floating dtype, and (if given) that
-    the first layer takes inputs of size n_0.
+    Each layer must be {"W": (n_l, n_{l-1}), "b": (n_l,)}, consecutive layers must fit
+    together (W^[l+1] takes the n_l outputs of W^[l]), every leaf one floating dtype,
+    which is returned.
     """
-    if not isinstance(params, (list, tuple)) or not params:
+    if not isinstance(params, list | tuple) or not params:
         raise TypeError(f"params must be a non-empty list of layers, got {type(params)}")
-    dtype = None
     for l, layer in enumerate(params, start=1):
-        if not isinstance(layer, dict) or set(layer) != {"W", "b"}:
-            raise ValueError(f"layer {l} must be a dict with keys 'W' and 'b', got {layer!r}")
-        W, b = layer["W"], layer["b"]
-        if jnp.ndim(W) != 2 or jnp.shape(b) != (jnp.shape(W)[0],):
-            raise ValueError(
-                f"layer {l}: expected W of shape (n_l, n_l-1) and b of shape (n_l,), "
-                f"got W {jnp.shape(W)} and b {jnp.shape(b)}"
-            )
-        if l > 1 and jnp.shape(W)[1] != jnp.shape(params[l - 2]["W"])[0]:
-            raise ValueError(
-                f"layer {l}: W takes {jnp.shape(W)[1]} inputs but layer {l - 1} "
-                f"has {jnp.shape(params[l - 2]['W'])[0]} units"
-            )
-        for leaf in (W, b):
-            leaf_dtype = jnp.result_type(leaf)
-            if not jnp.issubdtype(leaf_dtype, jnp.floating):
-                raise TypeError(f"layer {l}: parameters must be floating, got {leaf_dtype}")
-            if dtype is not None and leaf_dtype != dtype:
-                raise TypeError(f"layer {l}: mixed parameter dtypes {dtype} and {leaf_dtype}")
-            dtype = leaf_dtype
-    if n_0 is not None and jnp.shape(params[0]["W"])[1] != n_0:
-        raise ValueError(
-            f"the first layer expects inputs of size {jnp.shape(params[0]['W'])[1]}, "
-            f"got size {n_0}"
-        )
+        if not isinstance(layer, dict) or set(layer) != {"W", "b"} or jnp.ndim(layer["W"]) != 2:
+            raise ValueError(f"layer {l} must be a dict {{'W': (n_l, n_l-1), 'b': (n_l,)}}, "
+                             f"got {jax.tree.map(np.shape, layer)!r}")
+    sizes = sizes_of(params)
+    expected = [{"W": jax.ShapeDtypeStruct((n, n_prev), jnp.float32),
+                 "b": jax.ShapeDtypeStruct((n,), jnp.float32)}
+                for n_prev, n in zip(sizes[:-1], sizes[1:], strict=True)]
+    return checks.params_like(list(params), expected)
 
 
 def check_input(params: Params, X: ArrayLike, batch: bool = True) -> None:
     """Raise unless X is (m, n_0) (or (n_0,) with batch=False) in the params' dtype."""
-    expected = "(m, n_0)" if batch else "(n_0,)"
-    if not hasattr(X, "shape") or not hasattr(X, "dtype"):
-        raise TypeError(
-            f"expected an input array of shape {expected} (numpy or JAX), "
-            f"got {type(X).__name__}"
-        )
-    if jnp.ndim(X) != (2 if batch else 1):
-        raise ValueError(f"expected input of shape {expected}, got shape {jnp.shape(X)}")
-    check_params(params, jnp.shape(X)[-1])
-    x_dtype, p_dtype = jnp.result_type(X), jnp.result_type(params[0]["W"])
-    if not jnp.issubdtype(x_dtype, jnp.floating):
-        raise TypeError(f"inputs must be floating ({p_dtype}, as the parameters), got {x_dtype}")
-    if x_dtype != p_dtype:
-        raise TypeError(
-            f"input dtype {x_dtype} differs from parameter dtype {p_dtype}; "
-            "cast one to the other (no silent promotion)"
-        )
+    dtype = check_params(params)
+    checks.inputs(X, sizes_of(params)[:1], dtype, batch=batch)
 
 
 def sizes_of(params: Params) -> tuple[int, ...]:

@@ -131,20 +131,6 @@ class DenseNetwork(Batched):
                                              block_bytes)
         return self.from_layers(new), loss, ok
 
-    def check(self, params, X: ArrayLike, Y: ArrayLike | None = None) -> None:
-        """Raise ValueError/TypeError unless params, X (m, n_0) and Y fit this network.
-
-        Y must be (m, n_N) floating targets in the parameters' dtype, or (m,) integer
-        labels in [0, n_N) for the softmax loss (their range is checked when concrete).
-        """
-        dense.check_input(params, X)
-        sizes = (jnp.shape(params[0]["W"])[1],) + tuple(jnp.shape(p["W"])[0] for p in params)
-        if sizes != self.sizes:
-            raise ValueError(f"params have layer sizes {sizes}, the network {self.sizes}")
-        if Y is not None:
-            losses.check_targets(self.loss_name, (jnp.shape(X)[0], self.sizes[-1]), Y,
-                                 jnp.result_type(params[0]["W"]))
-
 
 def Pool(window, stride=None, kind: str = "max_pool"):  # noqa: N802 - reads as a layer name
     """A max (``kind="max_pool"``) or average (``"avg_pool"``) pooling layer."""
@@ -177,11 +163,8 @@ class CNN(Batched):
     conv_method: str = "im2col"
 
     def __post_init__(self):
-        object.__setattr__(self, "input_shape", tuple(self.input_shape))
-        if len(self.input_shape) != 3 or not all(checks.is_int(n) and n > 0
-                                                 for n in self.input_shape):
-            raise ValueError(f"input_shape must be (H, W, C) positive ints, "
-                             f"got {self.input_shape}")
+        object.__setattr__(self, "input_shape",
+                           checks.shape(self.input_shape, "input_shape (H, W, C)", 3))
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "dense", tuple(self.dense))
         for spec in self.layers:
@@ -276,40 +259,6 @@ class CNN(Batched):
     def logits_example(self, params, x: ArrayLike) -> jax.Array:
         """z^[N] of one image x: (H, W, C), the unit that ``jax.vmap`` batches."""
         return self.network.logits_example(self.to_layers(params), jnp.asarray(x))
-
-    def check(self, params, X: ArrayLike, Y: ArrayLike | None = None) -> None:
-        """Raise ValueError/TypeError unless params, X (m, H, W, C) and Y fit this network."""
-        if not isinstance(params, dict) or set(params) != {"conv", "dense"}:
-            raise ValueError("CNN params must be a dict with keys 'conv' and 'dense'")
-        if not hasattr(X, "shape") or jnp.ndim(X) != 4 or tuple(X.shape[1:]) != self.input_shape:
-            raise ValueError(
-                f"expected images of shape (m, {', '.join(map(str, self.input_shape))}), "
-                f"got {getattr(X, 'shape', type(X).__name__)}"
-            )
-        n_conv = sum(spec.kind == "conv" for spec in self.layers)
-        if not isinstance(params["conv"], list | tuple) or len(params["conv"]) != n_conv:
-            raise ValueError(f"expected {n_conv} conv layers in params, "
-                             f"got {len(params['conv'])}")
-        convs = [(spec, shape[2]) for spec, shape in zip(self.layers, self.feature_shapes(),
-                                                         strict=False) if spec.kind == "conv"]
-        for l, ((spec, c_in), p) in enumerate(zip(convs, params["conv"], strict=True), 1):
-            expected = spec.kernel + (c_in, spec.filters)
-            if tuple(p["W"].shape) != expected or tuple(p["b"].shape) != (spec.filters,):
-                raise ValueError(
-                    f"conv layer {l}: expected W {expected} and b ({spec.filters},), got "
-                    f"W {tuple(p['W'].shape)} and b {tuple(p['b'].shape)}"
-                )
-        dtypes = {jnp.result_type(leaf) for leaf in jax.tree.leaves(params)}
-        if len(dtypes) != 1:
-            raise TypeError(f"mixed parameter dtypes {sorted(map(str, dtypes))}")
-        flat = jax.ShapeDtypeStruct((X.shape[0], self.sizes[0]), jnp.result_type(X))
-        dense.check_input(params["dense"], flat)
-        sizes = (self.sizes[0],) + tuple(p["W"].shape[0] for p in params["dense"])
-        if sizes != self.sizes:
-            raise ValueError(f"dense params have sizes {sizes}, the network {self.sizes}")
-        if Y is not None:
-            losses.check_targets(self.loss_name, (X.shape[0], self.dense[-1]), Y,
-                                 dtypes.pop())
 
 
 __all__ = ["CNN", "AvgPool", "Conv", "DenseNetwork", "MaxPool", "Model", "Network", "Pool"]

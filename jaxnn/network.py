@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxnn import activations, checks, initializers, losses
@@ -75,6 +76,19 @@ class Model:
 
     def to_layers(self, params) -> list:
         return params
+
+    def check(self, params, X: ArrayLike, Y: ArrayLike | None = None) -> None:
+        """Raise ValueError/TypeError unless params, X (m, *input_shape) and Y fit.
+
+        params must have the structure and shapes ``init`` makes, in one floating dtype;
+        X that dtype; Y floating (m, n_N) targets in it, or (m,) integer labels in
+        [0, n_N) for the softmax loss (their range is checked when concrete).
+        """
+        dtype = checks.params_like(params, expected_params(self))
+        net = self.network
+        checks.inputs(X, net.input_shape, dtype)
+        if Y is not None:
+            losses.check_targets(net.loss_name, (np.shape(X)[0], net.n_out), Y, dtype)
 
     def from_layers(self, layer_params: list):
         return layer_params
@@ -217,13 +231,6 @@ class Network(Model):
         """n_N, the number of outputs."""
         return output_shape(self)[0]
 
-    def check(self, params, X: ArrayLike, Y: ArrayLike | None = None) -> None:
-        """Raise ValueError/TypeError unless params, X (m, *input_shape) and Y fit."""
-        dtype = checks.params_like(params, self.expected())
-        checks.inputs(X, self.input_shape, dtype)
-        if Y is not None:
-            losses.check_targets(self.loss_name, (X.shape[0], self.n_out), Y, dtype)
-
     # --- one example, as the notes write it ----------------------------------------------
 
     def logits_example(self, params, x: jax.Array) -> jax.Array:
@@ -276,6 +283,6 @@ def output_shape(network: Network) -> tuple[int, ...]:
 
 
 @functools.cache
-def expected_params(network: Network):
-    """``jax.eval_shape`` of ``network.init``: the structure, shapes and dtypes of params."""
-    return jax.eval_shape(network.init, jax.random.key(0))
+def expected_params(model) -> Any:
+    """``jax.eval_shape`` of ``model.init``: the structure, shapes and dtypes of params."""
+    return jax.eval_shape(model.init, jax.random.key(0))

@@ -53,7 +53,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxnn import sgd
+from jaxnn import checks, sgd
 
 DATA = "data"
 MODEL = "model"
@@ -97,8 +97,7 @@ def make_mesh(devices: Sequence[jax.Device] | None = None, model: int = 1) -> Me
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("a mesh needs at least one device")
-    if isinstance(model, bool) or not isinstance(model, int) or model < 1:
-        raise ValueError(f"model must be an int >= 1, got {model!r}")
+    checks.integer(model, "model", 1)
     if len(devices) % model:
         raise ValueError(f"model={model} does not divide the {len(devices)} devices")
     if model == 1:
@@ -448,8 +447,7 @@ def initialize(
     for name, value in (("initialization_timeout", initialization_timeout),
                         ("heartbeat_timeout_seconds", heartbeat_timeout_seconds),
                         ("shutdown_timeout_seconds", shutdown_timeout_seconds)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1 (seconds), got {value!r}")
+        checks.integer(value, f"{name} (seconds)", 1)
     if supervise and (num_processes or 0) > 1 and hasattr(os, "fork"):
         _supervise(process_id, num_processes)
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)

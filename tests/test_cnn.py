@@ -134,11 +134,14 @@ def test_bad_configuration_and_input():
     with pytest.raises(ValueError, match="padding"):
         CNN((8, 8, 1), (Conv(2, 3, padding="FULL"),), (2,))
     net, params, X, Y = setup("conv-relu-maxpool", jnp.float32)
-    with pytest.raises(ValueError, match=r"expected images of shape \(m, 8, 8, 1\)"):
+    with pytest.raises(
+            ValueError, match=r"expected input of shape \(m, 8, 8, 1\), got shape \(8, 8, 1\)"):
         net.check(params, X[0], Y)
-    with pytest.raises(ValueError, match=r"expected images of shape"):
+    with pytest.raises(
+            ValueError, match=r"expected input of shape \(m, 8, 8, 1\), got shape \(2, 8, 8, 3\)"):
         net.check(params, jnp.ones((2, 8, 8, 3), jnp.float32))
-    with pytest.raises(ValueError, match="conv layer 1"):
+    with pytest.raises(
+            ValueError, match=r"params\['conv'\]\[0\]\['W'\]: expected shape \(3, 3, 1, 4\)"):
         bad = {"conv": [{"W": jnp.ones((3, 3, 2, 4), jnp.float32), "b": jnp.ones(4)}],
                "dense": params["dense"]}
         net.check(bad, X)
