@@ -40,7 +40,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxnn import checks
+from jaxnn.layers import Conv, MaxPool
 from jaxnn.layers.conv import resolve_padding
 
 __all__ = [
@@ -77,72 +77,48 @@ _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # --------------------------------------------------------------------------- validation
 
 
-_is_int = checks.is_int
-_pair = checks.pair
+def _batch_shape(shape, name: str = "x") -> tuple[int, ...]:
+    """``shape`` if it is an NHWC batch's; a 3-D one gets an error that says what to do."""
+    shape = tuple(shape)
+    if len(shape) != 4:
+        hint = f"; add a batch axis ({name}[None]) or jax.vmap a function over examples" \
+            if len(shape) == 3 else ""
+        raise ValueError(f"{name} must be a batch of shape (m, H, W, C), got a "
+                         f"{len(shape)}-D array of shape {shape}{hint}")
+    return shape
 
 
 def _batch(x: ArrayLike, name: str = "x") -> jax.Array:
-    """x as a floating NHWC array; a 3-D x gets an error that says what to do."""
+    """x as a floating NHWC batch."""
     x = jnp.asarray(x)
-    if x.ndim == 3:
-        raise ValueError(
-            f"{name} must be a batch of shape (m, H, W, C), got a 3-D array of shape "
-            f"{x.shape}; add a batch axis ({name}[None]) or jax.vmap a function over examples"
-        )
-    if x.ndim != 4:
-        raise ValueError(f"{name} must have shape (m, H, W, C), got shape {x.shape}")
+    _batch_shape(x.shape, name)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
     return x
 
 
-def _one_dtype(**arrays) -> None:
-    """Raise TypeError unless every array has one dtype (no silent promotion)."""
-    dtypes = {name: jnp.result_type(a) for name, a in arrays.items()}
+def _fits(x: jax.Array, out: tuple[int, ...], **arrays) -> None:
+    """Raise unless ``delta`` (if given) has the layer's output shape ``out`` and every
+    array has x's dtype (no silent promotion)."""
+    if "delta" in arrays and jnp.shape(arrays["delta"]) != tuple(out):
+        raise ValueError(f"delta must have the layer's output shape {tuple(out)}, "
+                         f"got {jnp.shape(arrays['delta'])}")
+    dtypes = {"x": x.dtype} | {name: jnp.result_type(a) for name, a in arrays.items()}
     if len(set(dtypes.values())) > 1:
         given = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
         raise TypeError(f"mixed dtypes ({given}); cast them to one (no silent promotion)")
 
 
-def _check_delta(delta: ArrayLike, expected: tuple[int, ...]) -> jax.Array:
-    delta = jnp.asarray(delta)
-    if delta.shape != tuple(expected):
-        raise ValueError(
-            f"delta must have the layer's output shape {tuple(expected)}, got {delta.shape}"
-        )
-    return delta
-
-
 def _conv_geometry(x_shape, W_shape, stride, padding):
-    """Validated (stride pair, pads, output shape) of a convolution."""
-    if len(x_shape) == 3:
-        raise ValueError(
-            f"x must be a batch of shape (m, H, W, C_in), got a 3-D array of shape "
-            f"{tuple(x_shape)}; add a batch axis (x[None]) or jax.vmap a function over examples"
-        )
-    if len(x_shape) != 4:
-        raise ValueError(f"x must have shape (m, H, W, C_in), got shape {tuple(x_shape)}")
+    """(stride pair, pads, output shape) of a convolution, by the layer's shape inference."""
     if len(W_shape) != 4:
-        raise ValueError(
-            f"W must have shape (kh, kw, C_in, C_out) (HWIO), got shape {tuple(W_shape)}"
-        )
-    m, H, W_, C = x_shape
-    kh, kw, C_in, C_out = W_shape
-    if C_in != C:
-        raise ValueError(
-            f"W has C_in = {C_in} input channels (shape {tuple(W_shape)}) but the image x "
-            f"has {C} channels (shape {tuple(x_shape)})"
-        )
-    sh, sw = _pair(stride, "stride")
-    (top, bottom), (left, right) = pads = resolve_padding(padding, H, W_, kh, kw, (sh, sw))
-    Hp, Wp = H + top + bottom, W_ + left + right
-    if kh > Hp or kw > Wp:
-        raise ValueError(
-            f"kernel W of size {kh}x{kw} is larger than the padded image x of size {Hp}x{Wp} "
-            f"(image {H}x{W_}, padding {pads})"
-        )
-    out = (m, (Hp - kh) // sh + 1, (Wp - kw) // sw + 1, C_out)
-    return (sh, sw), pads, out
+        raise ValueError(f"W must have shape (kh, kw, C_in, C_out) (HWIO), got {tuple(W_shape)}")
+    if W_shape[2] != x_shape[3]:
+        raise ValueError(f"W has C_in = {W_shape[2]} input channels (shape {tuple(W_shape)}) "
+                         f"but the image x has {x_shape[3]} (shape {tuple(x_shape)})")
+    layer = Conv(W_shape[3], tuple(W_shape[:2]), stride, padding)
+    pads, (H_out, W_out) = layer.geometry(x_shape[1:])
+    return layer.stride, pads, (x_shape[0], H_out, W_out, W_shape[3])
 
 
 def conv2d_output_shape(
@@ -151,29 +127,22 @@ def conv2d_output_shape(
     """Output shape (m, H_out, W_out, C_out) of a convolution, validating the arguments.
 
     H_out = ⌊(H + top + bottom − kh) / s_h⌋ + 1 and likewise W_out: the number of window
-    positions that fit entirely inside the padded image.
-
-    Args:
-      x_shape: (m, H, W, C_in).
-      W_shape: (kh, kw, C_in, C_out).
-      stride, padding: as for `conv2d`.
+    positions that fit entirely inside the padded image (``layers.Conv.geometry``).
+    x_shape: (m, H, W, C_in); W_shape: (kh, kw, C_in, C_out); stride, padding: as for
+    `conv2d`.
     """
-    return _conv_geometry(tuple(x_shape), tuple(W_shape), stride, padding)[2]
+    return _conv_geometry(_batch_shape(x_shape), tuple(W_shape), stride, padding)[2]
 
 
 def _check_conv(x, W, b, stride, padding):
-    """Validated arrays (in their common dtype) and geometry of a convolution."""
-    x = _batch(x)
-    W = jnp.asarray(W)
-    b = jnp.asarray(b)
-    (sh, sw), pads, out = _conv_geometry(x.shape, W.shape, stride, padding)
+    """Validated arrays and geometry of a convolution."""
+    x, W, b = _batch(x), jnp.asarray(W), jnp.asarray(b)
+    stride, pads, out = _conv_geometry(x.shape, W.shape, stride, padding)
     if b.shape != (W.shape[3],):
-        raise ValueError(
-            f"b must have shape (C_out,) = ({W.shape[3]},), matching W of shape {W.shape}, "
-            f"got shape {b.shape}"
-        )
-    _one_dtype(x=x, W=W, b=b)
-    return x, W, b, (sh, sw), pads, out
+        raise ValueError(f"b must have shape (C_out,) = ({W.shape[3]},), matching W of shape "
+                         f"{W.shape}, got shape {b.shape}")
+    _fits(x, out, W=W, b=b)
+    return x, W, b, stride, pads, out
 
 
 def _pad(x: jax.Array, pads: Pads) -> jax.Array:
@@ -539,13 +508,11 @@ def _conv2d_backward_im2col(x, W, delta, stride, pads):
 
 
 def _check_backward(x, W, delta, stride, padding):
-    """Validated (x, W, delta) in their common dtype, stride pair and pads."""
-    x = _batch(x)
-    W = jnp.asarray(W)
+    """Validated (x, W, delta), stride pair and pads."""
+    x, W = _batch(x), jnp.asarray(W)
     stride, pads, out = _conv_geometry(x.shape, W.shape, stride, padding)
-    delta = _check_delta(delta, out)
-    _one_dtype(x=x, W=W, delta=delta)
-    return x, W, delta, stride, pads
+    _fits(x, out, W=W, delta=delta)
+    return x, W, jnp.asarray(delta), stride, pads
 
 
 CONV2D_BACKWARD_METHODS: dict[str, Callable[..., tuple[jax.Array, jax.Array, jax.Array]]] = {
@@ -590,29 +557,16 @@ def pool_output_shape(
 ) -> tuple[int, int, int, int]:
     """Output shape (m, H_out, W_out, C) of a VALID pooling, validating the arguments.
 
-    H_out = ⌊(H − wh) / s_h⌋ + 1 and likewise W_out; the stride defaults to the window.
+    H_out = ⌊(H − wh) / s_h⌋ + 1 and likewise W_out; the stride defaults to the window
+    (``layers.MaxPool.output``).
     """
-    x_shape = tuple(x_shape)
-    if len(x_shape) == 3:
-        raise ValueError(
-            f"x must be a batch of shape (m, H, W, C), got a 3-D array of shape {x_shape}; "
-            f"add a batch axis (x[None]) or jax.vmap a function over examples"
-        )
-    if len(x_shape) != 4:
-        raise ValueError(f"x must have shape (m, H, W, C), got shape {x_shape}")
-    wh, ww = _pair(window, "window")
-    sh, sw = (wh, ww) if stride is None else _pair(stride, "stride")
-    m, H, W, C = x_shape
-    if wh > H or ww > W:
-        raise ValueError(f"window {wh}x{ww} is larger than the input x of size {H}x{W}")
-    return (m, (H - wh) // sh + 1, (W - ww) // sw + 1, C)
+    return _pool_geometry(x_shape, window, stride)[2]
 
 
 def _pool_geometry(x_shape, window, stride):
-    out = pool_output_shape(x_shape, window, stride)
-    wh, ww = _pair(window, "window")
-    sh, sw = (wh, ww) if stride is None else _pair(stride, "stride")
-    return (wh, ww), (sh, sw), out
+    x_shape = _batch_shape(x_shape)
+    layer = MaxPool(window, stride)
+    return layer.window, layer.stride, (x_shape[0], *layer.output(x_shape[1:]), x_shape[3])
 
 
 def _tiles(x: jax.Array, window: tuple[int, int]) -> jax.Array:
@@ -711,8 +665,7 @@ def max_pool_backward(
     """
     x = _batch(x)
     window, stride, out = _pool_geometry(x.shape, window, stride)
-    delta = _check_delta(delta, out)
-    _one_dtype(x=x, delta=delta)
+    _fits(x, out, delta=delta)
     return _max_pool_backward(x, delta, window, stride)
 
 
@@ -778,7 +731,9 @@ def avg_pool_backward(
     """
     x_shape = tuple(x_shape)
     window, stride, out = _pool_geometry(x_shape, window, stride)
-    delta = _check_delta(delta, out)
+    delta = jnp.asarray(delta)
+    if delta.shape != out:
+        raise ValueError(f"delta must have the layer's output shape {out}, got {delta.shape}")
     return _avg_pool_backward(delta, x_shape[1:3], window, stride)
 
 
@@ -829,7 +784,5 @@ def flatten_backward(x_shape: tuple[int, int, int, int], delta: ArrayLike) -> ja
 
     Flatten only moves numbers, so each gradient entry returns to where it came from.
     """
-    x_shape = tuple(x_shape)
-    if len(x_shape) != 4:
-        raise ValueError(f"x_shape must be (m, H, W, C), got {x_shape}")
+    x_shape = _batch_shape(x_shape, "x_shape")
     return unflatten(delta, x_shape[1:]).reshape(x_shape)
