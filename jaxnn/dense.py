@@ -59,7 +59,7 @@ def init(
 
 def check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     """Layer sizes as a tuple of at least two positive ints (numpy ints too), else ValueError."""
-    sizes = checks.shape(sizes, "sizes (n_0, ..., n_N)")
+    sizes = checks.shape(sizes, "sizes")
     if len(sizes) < 2:
         raise ValueError(f"sizes must be at least two positive ints (n_0, ..., n_N), got {sizes}")
     return sizes

@@ -266,16 +266,22 @@ def _check(model, params, X, Y, fd, h, fd_floor, max_coords, key) -> Report:
     flat_manual = np.asarray(ravel_pytree(manual)[0])[indices]
     r_auto = np.asarray(relative_error(quotients, flat_auto, fd_floor))
     r_manual = np.asarray(relative_error(quotients, flat_manual, fd_floor))
-    sizes = [leaf.size for leaf in jax.tree.leaves(params)]
-    bounds = np.cumsum([0] + sizes)
-    for name, lo, hi in zip(leaf_names(params), bounds[:-1], bounds[1:], strict=True):
-        here = (indices >= lo) & (indices < hi)
-        smooth = here & ~kinks
-        report.checked[name] = int(here.sum())
-        report.kinks[name] = int((here & kinks).sum())
-        report.fd_vs_autodiff[name] = float(r_auto[smooth].max(initial=0.0))
-        report.fd_vs_manual[name] = float(r_manual[smooth].max(initial=0.0))
+    (report.checked, report.kinks, report.fd_vs_autodiff, report.fd_vs_manual) = _per_leaf(
+        leaf_names(params), jax.tree.leaves(params), indices, kinks, r_auto, r_manual)
     return report
+
+
+def _per_leaf(names, leaves, indices, kinks, *errors) -> tuple[dict, ...]:
+    """Per leaf: coordinates checked, kinks crossed, and the max of each flat array of
+    ``errors`` over the leaf's checked coordinates that cross no kink."""
+    bounds = np.cumsum([0] + [leaf.size for leaf in leaves])
+    checked, crossed, maxima = {}, {}, [{} for _ in errors]
+    for name, lo, hi in zip(names, bounds[:-1], bounds[1:], strict=True):
+        here = (indices >= lo) & (indices < hi)
+        checked[name], crossed[name] = int(here.sum()), int((here & kinks).sum())
+        for found, e in zip(maxima, errors, strict=True):
+            found[name] = float(e[here & ~kinks].max(initial=0.0))
+    return checked, crossed, *maxima
 
 
 @dataclass
@@ -363,10 +369,6 @@ def check_layer(layer, params, a_prev: ArrayLike, *, delta: ArrayLike | None = N
             h=report.h, max_coords=max_coords, key=key, pattern_fn=pattern)
         flat = np.asarray(ravel_pytree(manual)[0])[indices]
         errors = np.asarray(relative_error(quotients, flat, report.fd_floor))
-    bounds = np.cumsum([0] + [leaf.size for leaf in jax.tree.leaves(manual)])
-    for name, lo, hi in zip(names, bounds[:-1], bounds[1:], strict=True):
-        here = (indices >= lo) & (indices < hi)
-        report.checked[name] = int(here.sum())
-        report.kinks[name] = int((here & kinks).sum())
-        report.fd[name] = float(errors[here & ~kinks].max(initial=0.0))
+    report.checked, report.kinks, report.fd = _per_leaf(
+        names, jax.tree.leaves(manual), indices, kinks, errors)
     return report
