@@ -148,8 +148,8 @@ def train(args, argv=None) -> dict:
     kw = dict(key=key_train, alpha=args.alpha, epochs=args.epochs,
               batch_size=args.batch_size, source=args.source)
     with common.Timer() as t:
-        params_p, history = parallel.train_parallel(net, params, split.X_train, split.y_train,
-                                                    mesh=mesh, on_epoch=on_epoch, **kw)
+        params_p, history = sgd.train(net, params, split.X_train, split.y_train, mesh=mesh,
+                                      on_epoch=on_epoch, **kw)
     params_p = parallel.local_copy(params_p)
     summary = {
         "processes": jax.process_count(), "devices": mesh.devices.size,

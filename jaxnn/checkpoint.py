@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn import checks, sgd
+from jaxnn import checks, parallel, sgd
 from jaxnn.files import BadFileError, open_regular
 
 __all__ = [
@@ -763,8 +763,6 @@ class Checkpoints:
         """``on_epoch`` preceded by the checkpoint of that epoch, where one is due."""
         def save_then(e, params, opt_state, history):
             if (e + 1) % self.every == 0 or e + 1 == epochs:
-                from jaxnn import parallel
-
                 state = TrainState(parallel.local_copy(params), parallel.local_copy(opt_state),
                                    key, e + 1, (e + 1) * steps_per_epoch, history,
                                    self.run_config)

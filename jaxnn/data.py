@@ -36,8 +36,8 @@ import numpy as np
 
 from jaxnn import checks
 from jaxnn.files import MAX_GZIP_RATIO, BadFileError, gunzip, open_regular, read_exactly
+from jaxnn.gradient_descent import batch_indices
 from jaxnn.safe_pickle import check_array, safe_load
-from jaxnn.sgd import batch_indices
 
 __all__ = [
     "IDX_DTYPES",

@@ -5,17 +5,17 @@ B examples is split along its example axis, so each of the D devices holds B / D
 examples (``NamedSharding(mesh, P("data"))``). The parameters, the optimiser state and
 the learning rate are replicated: every device holds all of them (``P()``).
 
-The training step is ``sgd.step`` (forward, manual or autodiff gradient, explicit
-update ``sgd.update`` or an optax one, or the in-place ``jaxnn.fast.descent`` where
-``sgd.descends``), unchanged, compiled by ``jax.jit`` with these
+The training step is ``gradient_descent.step`` (forward, manual or autodiff gradient, explicit
+update ``gradient_descent.update`` or an optax one, or the in-place ``jaxnn.fast.descent`` where
+``gradient_descent.descends``), unchanged, compiled by ``jax.jit`` with these
 input and output shardings. Because the model's loss and gradient are means over the
 batch, (1/B) Σ_i, each device computes its part of the sum and XLA inserts the
 all-reduce that adds the parts: the gradient is the whole batch's, as on one device,
 up to the order of the floating-point additions. Nothing else changes; the update
 runs on every device on identical numbers, so the replicas stay identical.
 
-An epoch is a ``lax.scan`` over minibatches as in ``sgd.run_epoch``. The permutation is
-``sgd.batch_indices(fold_in(key, e), m, B)``, the one drawn on one device, so
+An epoch is a ``lax.scan`` over minibatches as in ``gradient_descent.run_epoch``. The permutation is
+``gradient_descent.batch_indices(fold_in(key, e), m, B)``, the one drawn on one device, so
 ``sgd.train(..., mesh=mesh)`` follows the single-device data order exactly and its
 parameters equal one device's up to rounding.
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib
 import os
 import re
 import signal
@@ -53,7 +54,8 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxnn import checks, sgd
+from jaxnn import checks
+from jaxnn import gradient_descent as gd
 
 DATA = "data"
 MODEL = "model"
@@ -77,7 +79,6 @@ __all__ = [
     "replicated",
     "run_epoch",
     "sharded",
-    "train_parallel",
     "epochs",
 ]
 
@@ -261,12 +262,12 @@ def _shardings(mesh: Mesh, layout: tuple):
 
 
 def _donate() -> tuple[int, ...]:
-    return (0, 1) if sgd.donated() else ()
+    return (0, 1) if gd.donated() else ()
 
 
 def _step(params, opt_state, X, Y, alpha, model, source, optimizer):
-    params, opt_state, loss, _ = sgd.step(params, opt_state, X, Y, alpha, model, source,
-                                          optimizer, bool(sgd.donated()))
+    params, opt_state, loss, _ = gd.step(params, opt_state, X, Y, alpha, model, source,
+                                          optimizer, bool(gd.donated()))
     return params, opt_state, loss
 
 
@@ -283,7 +284,7 @@ def _compiled_step(mesh: Mesh, donate: tuple[int, ...], params_layout, state_lay
 def make_step(model, source: str = "manual",
               optimizer: optax.GradientTransformation | None = None,
               mesh: Mesh | None = None) -> Callable:
-    """``sgd.make_step`` on a mesh: ``step(params, opt_state, X, Y, alpha)``.
+    """``gradient_descent.make_step`` on a mesh: ``step(params, opt_state, X, Y, alpha)``.
 
     Returns ``(params, opt_state, loss)``. In- and out-shardings: params and opt_state
     keep the shardings they come with (:func:`replicate`, or :func:`place` with
@@ -291,7 +292,7 @@ def make_step(model, source: str = "manual",
     (build them with :func:`gather`); alpha and loss replicated. B must be divisible
     by the "data" size. Compiled once per (shardings, shapes, dtypes).
     """
-    sgd.gradient(model, source)
+    gd.gradient(model, source)
     mesh = make_mesh() if mesh is None else mesh
 
     def step(params, opt_state, X, Y, alpha):
@@ -307,7 +308,7 @@ def _epoch(params, opt_state, Xb, Yb, alpha, model, source, optimizer, batch_sha
         i, X, Y = step_and_batch
         X = jax.lax.with_sharding_constraint(X, batch_sharding)
         Y = jax.lax.with_sharding_constraint(Y, batch_sharding)
-        return sgd.guarded_step(carry, i, X, Y, alpha, model, source, optimizer,
+        return gd.guarded_step(carry, i, X, Y, alpha, model, source, optimizer,
                                 skip_nonfinite)
 
     steps = jnp.arange(Xb.shape[0], dtype=jnp.int32)
@@ -337,7 +338,7 @@ def run_epoch(params, opt_state, Xb, Yb, alpha, *, model, source: str,
         (:func:`gather` with idx of shape (n_batches, B)).
     Returns:
       (params, opt_state, losses (n_batches,), first bad step or -1); as
-      ``sgd.run_epoch``, including the skip of updates after a non-finite step.
+      ``gradient_descent.run_epoch``, including the skip of updates after a non-finite step.
       Compiled once per (model, source, optimizer, shardings, shapes, dtypes).
     """
     fn = _compiled_epoch(mesh, _donate(), _layout(params), _layout(opt_state))
@@ -351,9 +352,9 @@ def run_epoch(params, opt_state, Xb, Yb, alpha, *, model, source: str,
 def epochs(mesh: Mesh, model, params, opt_state, X, Y, key, alpha, source, optimizer,
            batch_size: int, skip_nonfinite: bool = True, shuffle: bool = True,
            min_shard_size: int = 2**16):
-    """The epochs of ``sgd.train(..., mesh=mesh)``: (``sgd.Epochs``, ``local_copy``).
+    """The epochs of ``sgd.train(..., mesh=mesh)``: (``gradient_descent.Epochs``, ``local_copy``).
 
-    Each epoch e draws ``sgd.batch_indices(fold_in(key, e), m, batch_size)`` as on one
+    Each epoch e draws ``gradient_descent.batch_indices(fold_in(key, e), m, batch_size)`` as on one
     device, cuts X and Y into those minibatches and splits each one over the "data"
     devices (each process reads only its own devices' rows). Params and optimiser
     state are placed on the mesh: replicated, or split by rows over "model" for the
@@ -370,19 +371,27 @@ def epochs(mesh: Mesh, model, params, opt_state, X, Y, key, alpha, source, optim
     alpha = replicate(np.asarray(alpha, dtype), mesh)
 
     def run(e, params, opt_state):
-        idx = np.asarray(sgd.batch_indices(jax.random.fold_in(key, e), m, batch_size, shuffle))
+        idx = np.asarray(gd.batch_indices(jax.random.fold_in(key, e), m, batch_size, shuffle))
         return run_epoch(params, opt_state, gather(X_host, idx, mesh),
                          gather(Y_host, idx, mesh), alpha, model=model, source=source,
                          optimizer=optimizer, mesh=mesh, skip_nonfinite=skip_nonfinite)
 
-    return sgd.Epochs(start, run), local_copy
+    return gd.Epochs(start, run), local_copy
 
 
-def train_parallel(model, params, X, Y, *, mesh: Mesh | None = None, **kwargs):
-    """``sgd.train(model, params, X, Y, mesh=mesh, ...)`` (default mesh: every device).
+def __getattr__(name: str):
+    if name == "train_parallel":  # deprecated: sgd.train(..., mesh=...) is the one loop
+        import warnings
 
-    Kept for the code that calls it; ``sgd.train`` with ``mesh=`` is the one loop.
-    """
+        warnings.warn("jaxnn.parallel.train_parallel(...) is sgd.train(..., mesh=mesh); "
+                      "call that (mesh defaults here to make_mesh())", DeprecationWarning,
+                      stacklevel=2)
+        return _train_parallel
+    raise AttributeError(f"module 'jaxnn.parallel' has no attribute {name!r}")
+
+
+def _train_parallel(model, params, X, Y, *, mesh: Mesh | None = None, **kwargs):
+    sgd = importlib.import_module("jaxnn.sgd")  # the loop builds on this module
     return sgd.train(model, params, X, Y, mesh=make_mesh() if mesh is None else mesh,
                      **kwargs)
 

@@ -11,7 +11,7 @@ Run in a fresh process, so that the device count and x64 are set before JAX star
         --num-processes 2 --process-id I [--die VICTIM]
 
 For every case in CASES (or --cases), train with ``sgd.train`` on one device and with
-``parallel.train_parallel`` on every device of every process, from the same init, data
+``sgd.train(..., mesh=...)`` on every device of every process, from the same init, data
 and key; process 0 writes OUT.json: the largest relative parameter difference, both
 loss histories, the parameters' shardings, the compiled collectives, the compilations
 after the first epoch (none expected) and the error a non-divisible batch size raises.
@@ -140,9 +140,8 @@ def equal(args) -> dict:
                 seen.append(len(COMPILES))
 
         t = time.perf_counter()
-        p2, h2 = parallel.train_parallel(c.model, c.params, c.X, c.Y, mesh=mesh,
-                                         on_epoch=on_epoch, min_shard_size=c.min_shard_size,
-                                         **kw)
+        p2, h2 = sgd.train(c.model, c.params, c.X, c.Y, mesh=mesh, on_epoch=on_epoch,
+                           min_shard_size=c.min_shard_size, **kw)
         t2 = time.perf_counter() - t
         specs = [str(x.sharding.spec) for x in jax.tree.leaves(p2)]
         p2 = jax.tree.map(np.asarray, parallel.local_copy(p2))
@@ -152,8 +151,8 @@ def equal(args) -> dict:
         result["collectives"], result["largest_all_gather"] = collectives(mesh, c)
         if name == "dense-manual":
             try:
-                parallel.train_parallel(c.model, c.params, c.X, c.Y, mesh=mesh,
-                                        **{**kw, "batch_size": mesh.shape["data"] + 1})
+                sgd.train(c.model, c.params, c.X, c.Y, mesh=mesh,
+                          **{**kw, "batch_size": mesh.shape["data"] + 1})
                 out["non_divisible_error"] = None
             except ValueError as e:
                 out["non_divisible_error"] = str(e)
@@ -177,9 +176,9 @@ def die(victim: int) -> None:
         if jax.process_index() == victim and e == 1:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    parallel.train_parallel(c.model, c.params, c.X, c.Y, key=jax.random.key(1), alpha=ALPHA,
-                            epochs=10_000, batch_size=c.batch_size, source=c.source,
-                            on_epoch=on_epoch)
+    sgd.train(c.model, c.params, c.X, c.Y, key=jax.random.key(1), alpha=ALPHA,
+              epochs=10_000, batch_size=c.batch_size, source=c.source, on_epoch=on_epoch,
+              mesh=parallel.make_mesh())
 
 
 def main() -> None:

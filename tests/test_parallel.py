@@ -46,7 +46,7 @@ def test_one_device_mesh_equals_sgd_train(source="manual"):
     net, params, X, Y = problem("tanh", "softmax", "softmax", 3, m=24)
     kw = dict(key=jax.random.key(3), alpha=0.3, epochs=3, batch_size=8, source=source)
     # parallel first: on GPU/TPU sgd.train donates (deletes) the params it is given
-    p2, h2 = parallel.train_parallel(net, params, X, Y, mesh=parallel.make_mesh(), **kw)
+    p2, h2 = sgd.train(net, params, X, Y, mesh=parallel.make_mesh(), **kw)
     p1, h1 = sgd.train(net, params, X, Y, **kw)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
@@ -105,10 +105,22 @@ def test_mesh_without_data_axis_and_bad_config_are_refused():
     net, params, X, Y = problem("tanh", "identity", "squared_error", 2, m=8)
     mesh = jax.make_mesh((1,), ("batch",))
     with pytest.raises(ValueError, match="'data' axis"):
-        parallel.train_parallel(net, params, X, Y, key=jax.random.key(0), mesh=mesh,
-                                batch_size=4)
+        sgd.train(net, params, X, Y, key=jax.random.key(0), mesh=mesh, batch_size=4)
     with pytest.raises(ValueError, match="batch_size"):
-        parallel.train_parallel(net, params, X, Y, key=jax.random.key(0), batch_size=9)
+        sgd.train(net, params, X, Y, key=jax.random.key(0), mesh=parallel.make_mesh(),
+                  batch_size=9)
+
+
+def test_train_parallel_is_kept_and_deprecated():
+    net, params, X, Y = problem("tanh", "identity", "squared_error", 2, m=8)
+    kw = dict(key=jax.random.key(0), epochs=1, batch_size=4)
+    with pytest.warns(DeprecationWarning, match=r"sgd.train\(..., mesh=mesh\)"):
+        train_parallel = parallel.train_parallel
+    p2, h2 = train_parallel(net, params, X, Y, **kw)
+    p1, h1 = sgd.train(net, params, X, Y, **kw)
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-12)
+    with pytest.raises(AttributeError, match="no attribute 'train_paralel'"):
+        parallel.train_paralel  # noqa: B018
 
 
 def test_exit_on_error_reraises_with_one_process():
