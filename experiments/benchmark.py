@@ -34,6 +34,10 @@ whichever JAX step came next:
     torch                  PyTorch eager with autograd (with --peers): on the CPU with its
                            threads and with one, the faster counts; on CUDA when JAX runs
                            on a GPU
+    flax / equinox         the same network in Flax (linen) and in Equinox, its
+                           jax.grad step under one jit (with --peers, where they import;
+                           ``experiments.jax_peers``): JAX programs, timed in the
+                           manual/autodiff group
     scan / loop            an epoch of 50 steps as one lax.scan (manual and autodiff),
                            or as 50 calls of the compiled manual step from Python
                            (contiguous minibatches); not for mlp_wide
@@ -82,7 +86,8 @@ ceiling (small convolutions, im2col copies, weight gradients that contract over
 100 000 rows). Targets the run reports, never asserts: manual <= 1.05x autodiff on every
 workload; mlp_wide >= 80% of the GEMM ceiling; mlp_small's scanned step faster than
 numpy's and >= 3x faster than the Python loop's; CNN steps at least as fast as torch's
-(with --peers); peak RSS of the mlp_wide epoch <= 1.5x params + state + activations
+and the manual step <= 1.05x Flax's and Equinox's (with --peers); peak RSS of the
+mlp_wide epoch <= 1.5x params + state + activations
 (1.2-1.3x expected: the in-place update holds one 8 MiB block of a gradient, the data
 and one batch's temporaries).
 
@@ -97,7 +102,8 @@ torch's step over the manual one where measured), hatched where noisy.
 the conv_method comparison, and times epochs of 10 steps; ``--smoke`` runs a couple of
 steps of each workload (mlp_wide made narrow, CNN batches of 8, no warm-up calls) and
 makes no timing claims. ``--peers``
-adds PyTorch; it exits with status 2 when torch cannot be imported.
+adds PyTorch, and Flax and Equinox where they import; it exits with status 2 when torch
+cannot be imported.
 """
 
 import argparse
@@ -114,7 +120,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import common
+from experiments import common, jax_peers
 
 ROOT = Path(__file__).resolve().parent.parent
 GEMM_N = 2048
@@ -722,6 +728,12 @@ def run_workload(w: Workload, args, dtype, ceiling=None) -> dict:
                                       "dot", "convolution", "transpose", "copy", "scatter",
                                       "reduce-window", "select-and-scatter", "fusion")}}
         steps_c[source] = Trainer(compiled, copy_of(params), (), [(Xb, Yb)], alpha).step
+    if args.peers:
+        for peer in jax_peers.available():
+            call, start, seconds = jax_peers.STEPS[peer](w, params, Xb, Yb, args.alpha)
+            steps_c[peer] = call
+            out["compile_seconds"][peer] = seconds
+            out[f"{peer}_start_loss_vs_jax"] = abs(start - float(model.loss(params, Xb, Yb)))
     if ceiling is not None:
         steps_c["gemm"] = ceiling[0]
     warm = 0 if args.smoke else 1  # smoke: no timing claims, so no warm-up calls
@@ -767,7 +779,7 @@ def run_workload(w: Workload, args, dtype, ceiling=None) -> dict:
                      if k != "gemm"}
     if ceiling is not None:
         out["gemm_gflops"] = ceiling[1] / med["gemm"] / 1e9
-    for peer in ("numpy", "torch"):
+    for peer in ("numpy", "torch", *jax_peers.PEERS):
         options = [k for k in (peer, f"{peer} 1 thread") if k in med]
         if options:
             out[f"{peer}_best_seconds"] = min(med[k] for k in options)
@@ -809,6 +821,13 @@ def targets(results: dict, ceiling_gflops: float, memory: dict | None = None) ->
             for source in ("manual", "autodiff"):
                 ratio = r["median_seconds"][source] / torch_s
                 add(name, f"{source} step / PyTorch eager step <= 1", ratio, ratio <= 1)
+    for name, r in results.items():
+        for peer in jax_peers.PEERS:
+            peer_s = r.get(f"{peer}_best_seconds")
+            if peer_s is not None:
+                ratio = r["median_seconds"]["manual"] / peer_s
+                add(name, f"manual step <= 1.05x the {peer.capitalize()} step", ratio,
+                    ratio <= 1.05)
     if memory is not None and "skipped" not in memory and memory["workload"] == "mlp_wide":
         for key, label in (("skip", "default"), ("no_skip", "skip_nonfinite=False")):
             ratio = memory[key]["ratio_rss"]
@@ -874,9 +893,10 @@ def table_rows(results: dict, ceiling_gflops: float,
                "manual/autodiff": r["manual_over_autodiff"],
                "manual GFLOP/s": r["gflops"]["manual"],
                "% ceiling": 100 * r["gflops"]["manual"] / ceiling}
-        for peer in ("numpy", "torch"):
+        for peer in ("numpy", "torch", *jax_peers.PEERS):
             best = r.get(f"{peer}_best_seconds")
-            row[f"{peer} step"] = duration(best)
+            if best is not None or peer in ("numpy", "torch"):
+                row[f"{peer} step"] = duration(best)
         row["compile (m/a)"] = (f"{duration(r['compile_seconds']['manual'])} / "
                                 f"{duration(r['compile_seconds']['autodiff'])}")
         steps.append(row)
@@ -922,7 +942,7 @@ def ratio_panels(results: dict) -> list[tuple[str, str, dict[str, dict[str, floa
     loop = {"loop/scan (per step)": {n: r["loop_over_scan"] for n, r in results.items()
                                      if "loop_over_scan" in r}}
     peers = {}
-    for peer in ("numpy", "torch"):
+    for peer in ("numpy", "torch", *jax_peers.PEERS):
         series = {n: r[f"{peer}_best_seconds"] / r["median_seconds"]["manual"]
                   for n, r in results.items() if f"{peer}_best_seconds" in r}
         if series:
@@ -980,7 +1000,8 @@ def main(argv=None) -> dict:
                    help="about a minute: no mlp_wide, no memory, no conv_method comparison, "
                         "fewer repeats, epochs of 10 steps")
     p.add_argument("--peers", action="store_true",
-                   help="also time PyTorch CPU eager (needs torch installed)")
+                   help="also time PyTorch eager (needs torch installed), and Flax and "
+                   "Equinox where they import")
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help="comma-separated subset of " + ", ".join(WORKLOADS))
     p.add_argument("--repeats", type=int, default=15, help="interleaved repeats of the steps")
@@ -1097,6 +1118,11 @@ def main(argv=None) -> dict:
               "timing targets are marked noisy, not judged. Rerun on an idle machine.")
     print(common.table(step_rows))
     print("numpy, torch: the faster of the library's own thread count and one thread")
+    if args.peers:
+        missing = [peer for peer in jax_peers.PEERS if peer not in jax_peers.available()]
+        print("flax, equinox: the same network and jax.grad step in each library, timed "
+              "with the manual and autodiff steps"
+              + (f"; {', '.join(missing)} not importable here, not timed" if missing else ""))
     if epoch_rows:
         print(f"\nEpochs of {2 if args.smoke else args.epoch_steps} steps (time per step)")
         print(common.table(epoch_rows))
