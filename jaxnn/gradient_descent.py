@@ -12,7 +12,7 @@ end of that permutation sit out that epoch (a different few each epoch).
 
 A non-finite loss or gradient is detected inside the scan without a host sync per
 step: from that step on the update is skipped, so the parameters stay the last finite
-ones, and at the end of the epoch ``train`` raises ``NonFiniteError`` naming the
+ones, and at the end of the epoch ``sgd.train`` raises ``NonFiniteError`` naming the
 epoch and step. With ``skip_nonfinite=False`` every step is applied and the error
 still names the first bad step, but the parameters it carries are those at the end of
 the epoch, non-finite ones included.
@@ -202,7 +202,7 @@ def run_epoch(params, opt_state, X, Y, key, alpha, *, model, source, optimizer, 
     Returns (params, opt_state, losses of shape (n_batches,), first bad step or -1).
     Compiled once per (model, source, optimizer, batch_size, shapes, dtypes). The
     params and opt_state given are donated on every backend: the returned ones take
-    over their buffers and the arrays passed in are deleted (``train`` passes a copy);
+    over their buffers and the arrays passed in are deleted (``sgd.train`` passes a copy);
     without donation the old and new parameters would coexist at the end of the epoch.
     """
     return epoch_donating(params, opt_state, X, Y, key, alpha, model=model, source=source,
