@@ -728,12 +728,13 @@ def run_workload(w: Workload, args, dtype, ceiling=None) -> dict:
                                       "dot", "convolution", "transpose", "copy", "scatter",
                                       "reduce-window", "select-and-scatter", "fusion")}}
         steps_c[source] = Trainer(compiled, copy_of(params), (), [(Xb, Yb)], alpha).step
+    start_loss = float(model.loss(params, Xb, Yb)) if args.peers else None
     if args.peers:
         for peer in jax_peers.available():
             call, start, seconds = jax_peers.STEPS[peer](w, params, Xb, Yb, args.alpha)
             steps_c[peer] = call
             out["compile_seconds"][peer] = seconds
-            out[f"{peer}_start_loss_vs_jax"] = abs(start - float(model.loss(params, Xb, Yb)))
+            out[f"{peer}_start_loss_vs_jax"] = abs(start - start_loss)
     if ceiling is not None:
         steps_c["gemm"] = ceiling[0]
     warm = 0 if args.smoke else 1  # smoke: no timing claims, so no warm-up calls
@@ -746,7 +747,7 @@ def run_workload(w: Workload, args, dtype, ceiling=None) -> dict:
     if args.peers:
         peers, start = torch_contenders(w, model, params, Xb, Yb, args.alpha)
         references.update(peers)
-        out["torch_start_loss_vs_jax"] = abs(start - float(model.loss(params, Xb, Yb)))
+        out["torch_start_loss_vs_jax"] = abs(start - start_loss)
     if references:
         references["manual (with references)"] = steps_c["manual"]
         samples.update(interleave(references, args.repeats, min_sample=args.min_sample,

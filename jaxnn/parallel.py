@@ -267,7 +267,7 @@ def _donate() -> tuple[int, ...]:
 
 def _step(params, opt_state, X, Y, alpha, model, source, optimizer):
     params, opt_state, loss, _ = gd.step(params, opt_state, X, Y, alpha, model, source,
-                                          optimizer, bool(gd.donated()))
+                                         optimizer, bool(gd.donated()))
     return params, opt_state, loss
 
 
@@ -309,7 +309,7 @@ def _epoch(params, opt_state, Xb, Yb, alpha, model, source, optimizer, batch_sha
         X = jax.lax.with_sharding_constraint(X, batch_sharding)
         Y = jax.lax.with_sharding_constraint(Y, batch_sharding)
         return gd.guarded_step(carry, i, X, Y, alpha, model, source, optimizer,
-                                skip_nonfinite)
+                               skip_nonfinite)
 
     steps = jnp.arange(Xb.shape[0], dtype=jnp.int32)
     (params, opt_state, bad), losses = jax.lax.scan(

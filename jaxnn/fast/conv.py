@@ -97,16 +97,21 @@ def _batch(x: ArrayLike, name: str = "x") -> jax.Array:
     return x
 
 
-def _fits(x: jax.Array, out: tuple[int, ...], **arrays) -> None:
-    """Raise unless ``delta`` (if given) has the layer's output shape ``out`` and every
-    array has x's dtype (no silent promotion)."""
-    if "delta" in arrays and jnp.shape(arrays["delta"]) != tuple(out):
-        raise ValueError(f"delta must have the layer's output shape {tuple(out)}, "
-                         f"got {jnp.shape(arrays['delta'])}")
-    dtypes = {"x": x.dtype} | {name: jnp.result_type(a) for name, a in arrays.items()}
+def _one_dtype(**arrays) -> None:
+    """Raise TypeError unless every array has one dtype (no silent promotion)."""
+    dtypes = {name: jnp.result_type(a) for name, a in arrays.items()}
     if len(set(dtypes.values())) > 1:
         given = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
         raise TypeError(f"mixed dtypes ({given}); cast them to one (no silent promotion)")
+
+
+def _check_delta(delta: ArrayLike, expected: tuple[int, ...]) -> jax.Array:
+    """δ as an array of the layer's output shape ``expected``, else ValueError."""
+    delta = jnp.asarray(delta)
+    if delta.shape != tuple(expected):
+        raise ValueError(f"delta must have the layer's output shape {tuple(expected)}, "
+                         f"got {delta.shape}")
+    return delta
 
 
 def _conv_geometry(x_shape, W_shape, stride, padding):
@@ -141,7 +146,7 @@ def _check_conv(x, W, b, stride, padding):
     if b.shape != (W.shape[3],):
         raise ValueError(f"b must have shape (C_out,) = ({W.shape[3]},), matching W of shape "
                          f"{W.shape}, got shape {b.shape}")
-    _fits(x, out, W=W, b=b)
+    _one_dtype(x=x, W=W, b=b)
     return x, W, b, stride, pads, out
 
 
@@ -511,8 +516,9 @@ def _check_backward(x, W, delta, stride, padding):
     """Validated (x, W, delta), stride pair and pads."""
     x, W = _batch(x), jnp.asarray(W)
     stride, pads, out = _conv_geometry(x.shape, W.shape, stride, padding)
-    _fits(x, out, W=W, delta=delta)
-    return x, W, jnp.asarray(delta), stride, pads
+    delta = _check_delta(delta, out)
+    _one_dtype(x=x, W=W, delta=delta)
+    return x, W, delta, stride, pads
 
 
 CONV2D_BACKWARD_METHODS: dict[str, Callable[..., tuple[jax.Array, jax.Array, jax.Array]]] = {
@@ -665,7 +671,8 @@ def max_pool_backward(
     """
     x = _batch(x)
     window, stride, out = _pool_geometry(x.shape, window, stride)
-    _fits(x, out, delta=delta)
+    delta = _check_delta(delta, out)
+    _one_dtype(x=x, delta=delta)
     return _max_pool_backward(x, delta, window, stride)
 
 
@@ -731,9 +738,7 @@ def avg_pool_backward(
     """
     x_shape = tuple(x_shape)
     window, stride, out = _pool_geometry(x_shape, window, stride)
-    delta = jnp.asarray(delta)
-    if delta.shape != out:
-        raise ValueError(f"delta must have the layer's output shape {out}, got {delta.shape}")
+    delta = _check_delta(delta, out)
     return _avg_pool_backward(delta, x_shape[1:3], window, stride)
 
 
